@@ -1,0 +1,1 @@
+"""What two or more cronbus services share: events, names, settings, the NATS bootstrap and runtime."""

@@ -1,0 +1,205 @@
+"""Connecting to NATS and creating (or updating) cronbus's streams and buckets idempotently."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import nats
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js.api import (
+    DiscardPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BucketNotFoundError, NotFoundError
+from nats.js.kv import KeyValue
+
+from cronbus.shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MSG_ID = "Nats-Msg-Id"
+EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
+
+
+async def connect(settings: Settings, name: str, **options: object) -> NATS:
+    """A NATS connection that reconnects forever and logs its state changes."""
+
+    async def on_error(exc: Exception) -> None:
+        log.warning("nats %s: %s", name, exc)
+
+    async def on_disconnect() -> None:
+        log.info("nats %s: disconnected", name)
+
+    async def on_reconnect() -> None:
+        log.info("nats %s: reconnected", name)
+
+    return await nats.connect(
+        settings.nats_url,
+        name=f"cronbus-{name}-{settings.instance_id}",
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.25,
+        connect_timeout=5,
+        allow_reconnect=True,
+        error_cb=on_error,
+        disconnected_cb=on_disconnect,
+        reconnected_cb=on_reconnect,
+        **options,
+    )
+
+
+def stream_configs(settings: Settings) -> list[StreamConfig]:
+    n = settings.names
+    common = {
+        "retention": RetentionPolicy.LIMITS,
+        "storage": StorageType.FILE,
+        "num_replicas": settings.replicas,
+    }
+    return [
+        StreamConfig(
+            name=n.jobs_stream,
+            subjects=[n.jobs_all],
+            description="cronbus job definitions (source of truth)",
+            duplicate_window=120.0,
+            **common,  # type: ignore[arg-type]
+        ),
+        StreamConfig(
+            name=n.dispatch_stream,
+            subjects=[n.dispatch_all],
+            description="cronbus runs to execute, one message per slot",
+            max_age=settings.dispatch_max_age,
+            duplicate_window=settings.dedupe_window,
+            **common,  # type: ignore[arg-type]
+        ),
+        StreamConfig(
+            name=n.runs_stream,
+            subjects=[n.runs_all],
+            description="cronbus run lifecycle events",
+            max_age=settings.runs_max_age,
+            duplicate_window=120.0,
+            **common,  # type: ignore[arg-type]
+        ),
+        StreamConfig(
+            name=n.logs_stream,
+            subjects=[n.logs_all],
+            description="cronbus run output chunks",
+            max_age=settings.logs_max_age,
+            max_bytes=settings.logs_max_bytes,
+            discard=DiscardPolicy.OLD,
+            duplicate_window=120.0,
+            **common,  # type: ignore[arg-type]
+        ),
+    ]
+
+
+def bucket_configs(settings: Settings) -> list[KeyValueConfig]:
+    n = settings.names
+    return [
+        KeyValueConfig(bucket=n.leader_bucket, ttl=settings.lease_ttl, history=1, replicas=settings.replicas),
+        KeyValueConfig(
+            bucket=n.runners_bucket,
+            ttl=max(3 * settings.heartbeat, 5.0),
+            history=1,
+            replicas=settings.replicas,
+        ),
+        KeyValueConfig(bucket=n.scheduler_bucket, history=1, replicas=settings.replicas),
+        KeyValueConfig(bucket=n.running_bucket, history=1, replicas=settings.replicas),
+    ]
+
+
+async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    assert config.name is not None
+    try:
+        info = await js.stream_info(config.name)
+    except NotFoundError:
+        try:
+            await js.add_stream(config)
+            return
+        except nats.js.errors.BadRequestError:
+            # Another service created it between our look and our add: fall through to update.
+            info = await js.stream_info(config.name)
+    current = info.config
+    if (
+        current.subjects != config.subjects
+        or current.max_age != config.max_age
+        or current.max_bytes != config.max_bytes
+        or current.duplicate_window != config.duplicate_window
+    ):
+        await js.update_stream(config)
+
+
+async def _ensure_bucket(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
+    try:
+        kv = await js.key_value(config.bucket)
+    except BucketNotFoundError:
+        return await js.create_key_value(config)
+    status = await kv.status()
+    if config.ttl and abs((status.ttl or 0) - config.ttl) > 0.001:
+        info = await js.stream_info(f"KV_{config.bucket}")
+        info.config.max_age = config.ttl
+        await js.update_stream(info.config)
+    return kv
+
+
+async def ensure_topology(js: JetStreamContext, settings: Settings) -> None:
+    """Create or update every stream and bucket. Safe to run from every service at once."""
+    for attempt in range(5):
+        try:
+            for stream in stream_configs(settings):
+                await _ensure_stream(js, stream)
+            for bucket in bucket_configs(settings):
+                await _ensure_bucket(js, bucket)
+            return
+        except (nats.errors.TimeoutError, nats.js.errors.APIError) as exc:
+            if attempt == 4:
+                raise
+            log.info("bootstrap retry after %s", exc)
+            await asyncio.sleep(0.2 * (attempt + 1))
+
+
+@dataclass(slots=True)
+class Bus:
+    """One service's NATS connection and JetStream context."""
+
+    nc: NATS
+    js: JetStreamContext
+    settings: Settings
+
+    @classmethod
+    async def open(cls, settings: Settings, service: str, *, bootstrap: bool = True) -> Bus:
+        nc = await connect(settings, service)
+        js = nc.jetstream(timeout=5.0)
+        if bootstrap:
+            await ensure_topology(js, settings)
+        return cls(nc=nc, js=js, settings=settings)
+
+    async def close(self) -> None:
+        """Flush what is pending and close; never raises (it runs on the way out)."""
+        if self.nc.is_closed:
+            return
+        try:
+            await asyncio.wait_for(self.nc.drain(), timeout=5.0)
+        except Exception as exc:
+            log.warning("nats drain failed (%s); closing", exc)
+            await self.nc.close()
+
+
+async def retry_until(
+    op: Callable[[], Awaitable[object]], *, deadline: float, what: str, interval: float = 0.2
+) -> object:
+    """Run `op` until it succeeds or `deadline` (loop time) passes; the last error is raised."""
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            return await op()
+        except Exception as exc:
+            if loop.time() + interval > deadline:
+                raise
+            log.debug("%s: retrying after %s", what, exc)
+            await asyncio.sleep(interval)

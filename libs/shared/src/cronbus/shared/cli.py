@@ -1,0 +1,81 @@
+"""The `cronbus` command: `up` (everything, embedded) or one service (`scheduler`, `runner`, ...).
+
+Services are imported only when asked for, so a runner install without Litestar works.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from cronbus.shared.runtime import Service, serve
+from cronbus.shared.settings import Settings, SettingsError, add_settings_arguments, build_settings
+
+SERVICES = ("scheduler", "runner", "logs", "api")
+
+
+class ServiceNotInstalled(RuntimeError):
+    pass
+
+
+def create_service(name: str, settings: Settings) -> Service:
+    """The service `name`, from its package `cronbus.<name>.app` (not imported until now)."""
+    try:
+        module = importlib.import_module(f"cronbus.{name}.app")
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith(f"cronbus.{name}"):
+            raise ServiceNotInstalled(
+                f"the {name} service is not installed here; install 'cronbus-{name}' (or 'cronbus')"
+            ) from exc
+        raise
+    service: Service = module.create_service(settings)
+    return service
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="cronbus", description="cronbus: a distributed cron over NATS JetStream."
+    )
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    up = sub.add_parser(
+        "up",
+        help="run everything on this machine: its own nats-server, SQLite, all four services",
+        description="Start nats-server, scheduler, runner, logs and api in one process. Data, "
+        "the admin key and the URLs stay in --data-dir (default ./.cronbus), so a second `up` "
+        "continues where the first stopped.",
+    )
+    add_settings_arguments(up)
+    for name, what in (
+        ("scheduler", "keep schedules and dispatch due runs (hot standby unless it holds the lease)"),
+        ("runner", "execute dispatched runs for --pools and stream their output"),
+        ("logs", "project events into the SQL history"),
+        ("api", "serve the REST API"),
+    ):
+        p = sub.add_parser(name, help=what, description=what)
+        add_settings_arguments(p)
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        if args.command == "up":
+            from cronbus.shared.up import up_main
+
+            return up_main(args)
+        settings = build_settings(args)
+        service = create_service(args.command, settings)
+    except (SettingsError, ServiceNotInstalled) as exc:
+        print(f"cronbus: {exc}", file=sys.stderr)
+        return 2
+
+    async def build() -> list[Service]:
+        return [service]
+
+    return serve(build, grace=settings.grace_period, log_level=settings.log_level)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,254 @@
+"""The events cronbus services exchange: past-tense msgspec Structs in tagged unions.
+
+Rules (DESIGN.md "Events"): explicit dotted tags that never change; new fields get
+defaults; a field's type never changes; unknown fields are ignored on decode so old
+readers keep working while writers evolve.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any, Literal, TypeAlias
+
+import msgspec
+
+RUN_NAMESPACE = uuid.UUID("6f1c8a3e-3b7d-5c2a-9e41-0c7b2d8f4a10")
+
+OverlapPolicy: TypeAlias = Literal["allow", "skip", "queue", "replace"]
+CatchupPolicy: TypeAlias = Literal["skip", "latest", "all"]
+RunStatus: TypeAlias = Literal["succeeded", "failed", "timed_out", "cancelled", "lost", "skipped"]
+Trigger: TypeAlias = Literal["schedule", "manual", "catchup"]
+OutputStream: TypeAlias = Literal["stdout", "stderr", "system"]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_event_id() -> str:
+    return uuid.uuid4().hex
+
+
+def slot_ms(slot: datetime) -> int:
+    """A slot as integer milliseconds since the epoch: the unit of dispatch identity."""
+    return round(slot.timestamp() * 1000)
+
+
+def run_id_for(job_id: str, slot: datetime) -> str:
+    """The run id of a scheduled slot: the same on every replica and every retry."""
+    return str(uuid.uuid5(RUN_NAMESPACE, f"{job_id}:{slot_ms(slot)}"))
+
+
+def dispatch_msg_id(job_id: str, slot: datetime) -> str:
+    """`Nats-Msg-Id` of a slot's dispatch: JetStream drops a second publish of the same slot."""
+    return f"{job_id}:{slot_ms(slot)}"
+
+
+# --- job specification (the wire form: durations in seconds) -------------------------------
+
+
+class ShellExecutor(msgspec.Struct, kw_only=True, tag="shell", tag_field="type"):
+    """Runs `command` through `/bin/sh -c` (a string) or directly (an argv list)."""
+
+    command: str | list[str]
+    env: dict[str, str] = {}
+    cwd: str | None = None
+
+
+class HttpExecutor(msgspec.Struct, kw_only=True, tag="http", tag_field="type"):
+    """Calls `url`; the run succeeds when the status is in `expect_status` (any 2xx when empty)."""
+
+    url: str
+    method: str = "GET"
+    headers: dict[str, str] = {}
+    body: str | None = None
+    expect_status: list[int] = []
+    follow_redirects: bool = True
+    max_body_bytes: int = 1_048_576
+
+
+Executor: TypeAlias = ShellExecutor | HttpExecutor
+
+
+class Catchup(msgspec.Struct, kw_only=True):
+    """What to do with slots missed during downtime or a pause, within `window` seconds."""
+
+    policy: CatchupPolicy = "latest"
+    window: float = 3600.0
+
+
+class Retries(msgspec.Struct, kw_only=True):
+    """Attempts per run, and the delay before attempt n+1: backoff * multiplier**(n-1), capped."""
+
+    max_attempts: int = 1
+    backoff: float = 10.0
+    multiplier: float = 2.0
+    max_backoff: float = 3600.0
+
+    def delay_after(self, attempt: int) -> float:
+        return min(self.max_backoff, self.backoff * self.multiplier ** max(0, attempt - 1))
+
+
+class JobSpec(msgspec.Struct, kw_only=True):
+    name: str
+    schedule: str
+    executor: Executor
+    timezone: str = "UTC"
+    pool: str = "default"
+    timeout: float | None = None
+    overlap: OverlapPolicy = "allow"
+    catchup: Catchup = msgspec.field(default_factory=Catchup)
+    retries: Retries = msgspec.field(default_factory=Retries)
+    jitter: float = 0.0
+    start_at: datetime | None = None
+    end_at: datetime | None = None
+    description: str = ""
+    labels: dict[str, str] = {}
+
+
+# --- events --------------------------------------------------------------------------------
+
+
+class Event(msgspec.Struct, kw_only=True, tag_field="type"):
+    event_id: str = msgspec.field(default_factory=new_event_id)
+    occurred_at: datetime = msgspec.field(default_factory=utcnow)
+
+
+class JobEvent(Event, kw_only=True):
+    job_id: str
+    revision: int
+    actor: str = ""
+
+
+class JobCreated(JobEvent, kw_only=True, tag="job.created"):
+    spec: JobSpec
+    paused: bool = False
+
+
+class JobUpdated(JobEvent, kw_only=True, tag="job.updated"):
+    spec: JobSpec
+
+
+class JobDeleted(JobEvent, kw_only=True, tag="job.deleted"):
+    pass
+
+
+class JobPaused(JobEvent, kw_only=True, tag="job.paused"):
+    pass
+
+
+class JobResumed(JobEvent, kw_only=True, tag="job.resumed"):
+    pass
+
+
+class RunEvent(Event, kw_only=True):
+    run_id: str
+    job_id: str
+    slot: datetime
+    attempt: int = 1
+
+
+class RunDispatched(RunEvent, kw_only=True, tag="run.dispatched"):
+    """One run to execute. Carries the job spec as it was, so a runner needs nothing else."""
+
+    pool: str
+    spec: JobSpec
+    job_revision: int = 0
+    trigger: Trigger = "schedule"
+    dispatched_at: datetime = msgspec.field(default_factory=utcnow)
+    lateness_ms: float = 0.0
+    scheduler: str = ""
+
+
+class RunStarted(RunEvent, kw_only=True, tag="run.started"):
+    runner: str
+    host: str = ""
+    pid: int | None = None
+
+
+class LogChunk(RunEvent, kw_only=True, tag="log.chunk"):
+    seq: int
+    stream: OutputStream = "stdout"
+    data: bytes = b""
+
+
+class RunFinished(RunEvent, kw_only=True, tag="run.finished"):
+    status: RunStatus
+    runner: str = ""
+    exit_code: int | None = None
+    duration_ms: float = 0.0
+    error: str = ""
+    # False when another attempt follows (the run is not over yet).
+    final: bool = True
+    retry_at: datetime | None = None
+    cpu_ms: float | None = None
+    peak_rss_bytes: int | None = None
+    output_bytes: int = 0
+    truncated: bool = False
+
+
+JobEvents: TypeAlias = JobCreated | JobUpdated | JobDeleted | JobPaused | JobResumed
+RunEvents: TypeAlias = RunDispatched | RunStarted | RunFinished
+AnyEvent: TypeAlias = JobEvents | RunEvents | LogChunk
+
+
+class MalformedEvent(ValueError):
+    """Bytes on a stream that are not a known event: log and terminate, never retry."""
+
+
+_encoder = msgspec.json.Encoder()
+_job_decoder = msgspec.json.Decoder(JobEvents)
+_run_decoder = msgspec.json.Decoder(RunEvents)
+_dispatch_decoder = msgspec.json.Decoder(RunDispatched)
+_log_decoder = msgspec.json.Decoder(LogChunk)
+_any_decoder = msgspec.json.Decoder(AnyEvent)
+
+
+def encode(event: Event) -> bytes:
+    return _encoder.encode(event)
+
+
+def _decode(decoder: msgspec.json.Decoder[Any], data: bytes) -> Any:
+    try:
+        return decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise MalformedEvent(str(exc)) from exc
+
+
+def decode_job_event(data: bytes) -> JobEvents:
+    return _decode(_job_decoder, data)
+
+
+def decode_run_event(data: bytes) -> RunEvents:
+    return _decode(_run_decoder, data)
+
+
+def decode_dispatch(data: bytes) -> RunDispatched:
+    return _decode(_dispatch_decoder, data)
+
+
+def decode_log_chunk(data: bytes) -> LogChunk:
+    return _decode(_log_decoder, data)
+
+
+def decode_event(data: bytes) -> AnyEvent:
+    return _decode(_any_decoder, data)
+
+
+class RunIdentity(msgspec.Struct, kw_only=True):
+    """The ids of a run event, readable even when the rest of it is not (e.g. an unknown executor)."""
+
+    type: str = ""
+    run_id: str
+    job_id: str
+    slot: datetime
+    attempt: int = 1
+    pool: str = "default"
+
+
+_identity_decoder = msgspec.json.Decoder(RunIdentity)
+
+
+def decode_run_identity(data: bytes) -> RunIdentity:
+    return _decode(_identity_decoder, data)

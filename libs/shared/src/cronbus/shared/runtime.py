@@ -1,0 +1,129 @@
+"""The service runtime: run services until SIGTERM/SIGINT, then stop them gracefully.
+
+A service is anything with `name` and `async run(stopping)`. `run` starts its work, waits
+for `stopping`, then stops taking work, lets in-flight work finish within the grace period,
+hands the rest back and drains NATS before returning. The runtime bounds that: a service
+still running `grace + 10 s` after the signal is cancelled. Exit code 0 after a clean stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
+
+log = logging.getLogger(__name__)
+
+
+class Service(Protocol):
+    """`ready` is set once the service is serving (consumers bound, port listening)."""
+
+    name: str
+    ready: asyncio.Event
+
+    async def run(self, stopping: asyncio.Event) -> None: ...
+
+
+def setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # nats-py logs every reconnect attempt at ERROR; our callbacks say it once, better.
+    logging.getLogger("nats.aio.client").setLevel(logging.CRITICAL)
+
+
+class ServiceFailed(RuntimeError):
+    """A service's run() raised before it was asked to stop."""
+
+
+async def run_services(
+    services: Sequence[Service],
+    *,
+    grace: float,
+    stopping: asyncio.Event | None = None,
+    install_signals: bool = True,
+) -> None:
+    """Run `services` together until a signal or `stopping` is set, or one of them fails.
+
+    A failing service stops the others and ServiceFailed is raised after they finish.
+    """
+    stopping = stopping or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    if install_signals:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, _on_signal, stopping, sig)
+    tasks = {asyncio.create_task(s.run(stopping), name=f"service-{s.name}"): s for s in services}
+    failed: list[str] = []
+    stop_wait = asyncio.create_task(stopping.wait())
+    try:
+        pending = set(tasks)
+        while pending and not stopping.is_set():
+            done, _ = await asyncio.wait([*pending, stop_wait], return_when=asyncio.FIRST_COMPLETED)
+            for task in pending & done:
+                pending.discard(task)
+                _note_finished(task, tasks[task], failed, stopping)
+        if pending:
+            bound = grace + 10.0
+            finished, still = await asyncio.wait(pending, timeout=bound)
+            for task in finished:
+                _note_finished(task, tasks[task], failed, stopping)
+            for task in still:
+                log.error("%s did not stop within %.0fs; cancelling it", tasks[task].name, bound)
+                task.cancel()
+            if still:
+                await asyncio.wait(still, timeout=5.0)
+    finally:
+        stop_wait.cancel()
+        if install_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+    if failed:
+        raise ServiceFailed(", ".join(failed))
+
+
+def _on_signal(stopping: asyncio.Event, sig: signal.Signals) -> None:
+    if stopping.is_set():
+        log.warning("%s again: still stopping (in-flight work gets its grace period)", sig.name)
+        return
+    log.info("%s: stopping", sig.name)
+    stopping.set()
+
+
+def _note_finished(
+    task: asyncio.Task[None], service: Service, failed: list[str], stopping: asyncio.Event
+) -> None:
+    if task.cancelled():
+        failed.append(f"{service.name} cancelled")
+    elif (exc := task.exception()) is not None:
+        log.error("%s failed: %r", service.name, exc, exc_info=exc)
+        failed.append(f"{service.name}: {exc}")
+    elif not stopping.is_set():
+        log.error("%s returned before it was asked to stop", service.name)
+        failed.append(f"{service.name} returned early")
+    else:
+        return
+    stopping.set()
+
+
+def serve(build: Callable[[], Awaitable[Sequence[Service]]], *, grace: float, log_level: str = "INFO") -> int:
+    """`main()` helper: set up logging, build the services on a fresh loop, run them, exit code."""
+    setup_logging(log_level)
+
+    async def _main() -> int:
+        services = await build()
+        try:
+            await run_services(services, grace=grace)
+        except ServiceFailed as exc:
+            log.error("stopped after a failure: %s", exc)
+            return 1
+        return 0
+
+    with contextlib.suppress(KeyboardInterrupt):
+        return asyncio.run(_main())
+    return 130

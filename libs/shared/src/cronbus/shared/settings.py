@@ -1,0 +1,174 @@
+"""Settings, built once in `main()` from the environment and flags, then passed down.
+
+Every stable name in DESIGN.md has an environment variable and a matching flag:
+CRONBUS_NATS_URL/--nats-url, CRONBUS_DATABASE_URL/--database-url, CRONBUS_PREFIX/--prefix,
+CRONBUS_DATA_DIR/--data-dir, CRONBUS_API_HOST/--api-host, CRONBUS_API_PORT/--api-port,
+CRONBUS_POOLS/--pools, CRONBUS_INSTANCE_ID/--instance-id. Flags win over the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cronbus.shared.durations import DurationError, parse_duration
+from cronbus.shared.names import NameError_, Names, check_token
+
+
+class SettingsError(ValueError):
+    """A setting with a value cronbus cannot use; the message names the variable and flag."""
+
+
+def default_instance_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    nats_url: str = "nats://127.0.0.1:4222"
+    prefix: str = "cronbus"
+    instance_id: str = field(default_factory=default_instance_id)
+    data_dir: Path = Path(".cronbus")
+    database_url: str = ""
+    api_host: str = "127.0.0.1"
+    api_port: int = 8080
+    pools: tuple[str, ...] = ("default",)
+    admin_key: str = ""
+    log_level: str = "INFO"
+    # Stream replicas: 1 for a single server, 3 on a cluster.
+    replicas: int = 1
+    # Scheduler primacy: renew every lease_renew seconds; the key expires lease_ttl after the
+    # last renewal. A leader fences itself lease_ttl - lease_margin after its last renewal.
+    lease_ttl: float = 2.0
+    lease_renew: float = 0.4
+    lease_margin: float = 0.5
+    # Runner
+    concurrency: int = 8
+    ack_wait: float = 30.0
+    heartbeat: float = 5.0
+    # Graceful stop: in-flight work gets this long before it is handed back.
+    grace_period: float = 20.0
+    # Retention
+    dispatch_max_age: float = 7 * 86400.0
+    runs_max_age: float = 30 * 86400.0
+    logs_max_age: float = 7 * 86400.0
+    logs_max_bytes: int = 1 << 30
+    dedupe_window: float = 600.0
+
+    @property
+    def names(self) -> Names:
+        return Names(self.prefix)
+
+    @property
+    def sql_url(self) -> str:
+        """The SQLAlchemy async URL: SQLite in the data directory unless a database is named."""
+        return async_database_url(self.database_url, self.data_dir)
+
+
+def async_database_url(url: str, data_dir: Path) -> str:
+    """Normalise a database URL to its async driver; empty means SQLite under `data_dir`."""
+    if not url:
+        return f"sqlite+aiosqlite:///{(data_dir / 'cronbus.db').resolve()}"
+    for plain, driver in (
+        ("postgresql://", "postgresql+asyncpg://"),
+        ("postgres://", "postgresql+asyncpg://"),
+        ("sqlite://", "sqlite+aiosqlite://"),
+    ):
+        if url.startswith(plain):
+            return driver + url[len(plain) :]
+    return url
+
+
+# name -> (env var, flag, parser). Tuning fields have env vars too (CRONBUS_<FIELD>).
+_STABLE_FLAGS = {
+    "nats_url": "--nats-url",
+    "database_url": "--database-url",
+    "prefix": "--prefix",
+    "data_dir": "--data-dir",
+    "api_host": "--api-host",
+    "api_port": "--api-port",
+    "pools": "--pools",
+    "instance_id": "--instance-id",
+}
+
+
+def _flag(name: str) -> str:
+    return _STABLE_FLAGS.get(name, "--" + name.replace("_", "-"))
+
+
+def _env(name: str) -> str:
+    return "CRONBUS_" + name.upper()
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser, only: set[str] | None = None) -> None:
+    """Add a flag for every setting (or those in `only`); values stay strings until parsed."""
+    for f in dataclasses.fields(Settings):
+        if only is not None and f.name not in only:
+            continue
+        parser.add_argument(
+            _flag(f.name),
+            dest=f.name,
+            default=None,
+            metavar=f.name.upper(),
+            help=f"(env {_env(f.name)})",
+        )
+
+
+def _parse_value(name: str, raw: str, kind: Any) -> Any:
+    where = f"{_env(name)} / {_flag(name)}"
+    try:
+        if name == "pools":
+            pools = tuple(p.strip() for p in raw.split(",") if p.strip())
+            if not pools:
+                raise SettingsError(f"{where}: name at least one pool, e.g. 'default' or 'default,gpu'")
+            return tuple(check_token("pool", p) for p in pools)
+        if name == "prefix":
+            Names(raw)
+            return raw
+        if name == "data_dir":
+            return Path(raw).expanduser()
+        if kind in ("int", int):
+            return int(raw)
+        if kind in ("float", float):
+            return parse_duration(raw) if not raw.replace(".", "", 1).isdigit() else float(raw)
+    except (ValueError, DurationError, NameError_) as exc:
+        if isinstance(exc, SettingsError):
+            raise
+        raise SettingsError(f"{where}: {raw!r} is not valid: {exc}") from exc
+    return raw
+
+
+def build_settings(
+    args: argparse.Namespace | None = None,
+    environ: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Settings from defaults < environment < flags < explicit overrides."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(Settings):
+        raw = environ.get(_env(f.name))
+        flag_value = getattr(args, f.name, None) if args is not None else None
+        if flag_value is not None:
+            raw = flag_value
+        if raw is not None and raw != "":
+            values[f.name] = _parse_value(f.name, str(raw), f.type)
+        elif raw == "" and f.type in ("str", str):
+            values[f.name] = ""
+    values.update(overrides)
+    settings = Settings(**values)
+    if settings.lease_renew * 2 >= settings.lease_ttl - settings.lease_margin:
+        raise SettingsError(
+            "CRONBUS_LEASE_RENEW must leave room for at least two renewals before the leader fences "
+            f"itself (renew {settings.lease_renew}s, ttl {settings.lease_ttl}s, "
+            f"margin {settings.lease_margin}s)"
+        )
+    if not 0 < settings.api_port < 65536 and settings.api_port != 0:
+        raise SettingsError(f"CRONBUS_API_PORT / --api-port: {settings.api_port} is not a TCP port")
+    return settings

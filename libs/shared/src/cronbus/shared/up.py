@@ -1,0 +1,139 @@
+"""`cronbus up`: the embedded default. One nats-server of our own, SQLite, all four services.
+
+Everything lives in the data directory: `nats/` (JetStream store), `cronbus.db`, logs, and
+`cronbus.json` (mode 0600) with `api_url`, `nats_url` and `admin_key` for scripts. A second
+`up` on the same directory keeps jobs, history and the admin key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import errno
+import json
+import logging
+import os
+import secrets
+import socket
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from cronbus.shared.natsd import EmbeddedNats, NatsServerError
+from cronbus.shared.runtime import Service, ServiceFailed, run_services, setup_logging
+from cronbus.shared.settings import Settings, SettingsError, build_settings
+
+log = logging.getLogger("cronbus.up")
+
+STATE_FILE = "cronbus.json"
+DEFAULT_API_PORT = 8080
+
+
+class PortInUse(RuntimeError):
+    pass
+
+
+def load_state(data_dir: Path) -> dict[str, str]:
+    path = data_dir / STATE_FILE
+    try:
+        state = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise SettingsError(f"{path} is unreadable ({exc}); fix or remove it") from exc
+    return state if isinstance(state, dict) else {}
+
+
+def write_state(data_dir: Path, state: dict[str, str]) -> Path:
+    """Write the state file atomically, readable by its owner only."""
+    path = data_dir / STATE_FILE
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(state, f, indent=2)
+        f.write("\n")
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+    return path
+
+
+def check_port(host: str, port: int) -> None:
+    """Fail early and clearly when the API port is taken (0 always works)."""
+    if port == 0:
+        return
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise PortInUse(
+                    f"port {port} on {host} is already in use; pass --api-port 0 for a free one, "
+                    "or another port"
+                ) from None
+            raise
+
+
+async def run_up(settings: Settings, stopping: asyncio.Event | None = None) -> None:
+    from cronbus.shared.cli import SERVICES, create_service
+    from cronbus.shared.history.store import create_engine, migrate
+
+    data_dir = settings.data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    state = load_state(data_dir)
+    admin_key = settings.admin_key or state.get("admin_key") or "cb_" + secrets.token_urlsafe(32)
+    check_port(settings.api_host, settings.api_port)
+
+    async with EmbeddedNats(data_dir / "nats", log_file=data_dir / "nats-server.log") as server:
+        settings = replace(settings, nats_url=server.url, admin_key=admin_key, data_dir=data_dir)
+        engine = create_engine(settings.sql_url)
+        try:
+            await migrate(engine)
+        finally:
+            await engine.dispose()
+        services = [create_service(name, settings) for name in SERVICES]
+        stopping = stopping or asyncio.Event()
+        runner = asyncio.create_task(run_services(services, grace=settings.grace_period, stopping=stopping))
+        api = services[-1]
+        ready = asyncio.create_task(_all_ready(services))
+        done, _ = await asyncio.wait({runner, ready}, return_when=asyncio.FIRST_COMPLETED)
+        if ready in done:
+            api_url: str = api.url  # type: ignore[attr-defined]
+            path = write_state(data_dir, {"api_url": api_url, "nats_url": server.url, "admin_key": admin_key})
+            print(
+                f"cronbus is up.\n  API:       {api_url}\n  Admin key: {admin_key}\n"
+                f"  NATS:      {server.url}\n  Data:      {data_dir} (details in {path})\n"
+                "Press Ctrl-C to stop.",
+                flush=True,
+            )
+        else:
+            ready.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ready
+        await runner
+
+
+async def _all_ready(services: Sequence[Service]) -> None:
+    await asyncio.gather(*(s.ready.wait() for s in services))
+
+
+def up_main(args: argparse.Namespace) -> int:
+    overrides: dict[str, Any] = {}
+    if args.api_port is None and "CRONBUS_API_PORT" not in os.environ:
+        overrides["api_port"] = DEFAULT_API_PORT
+    settings = build_settings(args, **overrides)
+    setup_logging(settings.log_level)
+    try:
+        asyncio.run(run_up(settings))
+    except (PortInUse, NatsServerError, SettingsError) as exc:
+        print(f"cronbus up: {exc}", file=sys.stderr)
+        return 2
+    except ServiceFailed as exc:
+        print(f"cronbus up: stopped after a failure: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
