@@ -41,7 +41,8 @@ async def connect(settings: Settings, name: str, **options: object) -> NATS:
         log.info("nats %s: reconnected", name)
 
     return await nats.connect(
-        settings.nats_url,
+        # A cluster is named as a comma-separated list of URLs.
+        [url.strip() for url in settings.nats_url.split(",") if url.strip()],
         name=f"cronbus-{name}-{settings.instance_id}",
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.25,

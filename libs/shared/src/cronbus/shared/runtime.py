@@ -75,6 +75,7 @@ async def run_services(
                 _note_finished(task, tasks[task], failed, stopping)
             for task in still:
                 log.error("%s did not stop within %.0fs; cancelling it", tasks[task].name, bound)
+                failed.append(f"{tasks[task].name} cancelled")
                 task.cancel()
             if still:
                 await asyncio.wait(still, timeout=5.0)
