@@ -36,6 +36,8 @@ def setup_logging(level: str = "INFO") -> None:
     )
     # nats-py logs every reconnect attempt at ERROR; our callbacks say it once, better.
     logging.getLogger("nats.aio.client").setLevel(logging.CRITICAL)
+    # Migrations say what they did at WARNING and above only; "nothing to do" is not news.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 class ServiceFailed(RuntimeError):
