@@ -1,0 +1,1 @@
+"""cronbus runner: pulls dispatched runs for its pools, executes them, and reports their lifecycle."""

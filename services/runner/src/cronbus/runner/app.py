@@ -1,0 +1,256 @@
+"""The runner's composition root: consumers per pool, bounded concurrency, cancel, presence.
+
+`create_service(settings)` builds the service without I/O; `RunnerService.run` connects,
+binds one durable pull consumer per pool, fetches only as many messages as it has free
+slots, and on stop hands back what does not finish within the grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from http.cookiejar import CookieJar, DefaultCookiePolicy
+
+import httpx
+import nats.errors
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from cronbus.runner.overlap import RunningRecords
+from cronbus.runner.presence import Presence
+from cronbus.runner.runs import RunHandler
+from cronbus.shared.bus import Bus
+from cronbus.shared.settings import Settings
+from cronbus.shared.tracing import setup_tracing
+
+log = logging.getLogger(__name__)
+
+# A fetch waits at most this long for work, so a stop request is noticed promptly.
+FETCH_WAIT = 1.0
+
+
+class Slots:
+    """The runner's free capacity; a fetch takes slots first, so in-flight never exceeds it."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.free = capacity
+        self._freed = asyncio.Event()
+
+    async def take(self, stopping: asyncio.Event) -> int:
+        """All free slots (at least one), or 0 once `stopping` is set."""
+        while self.free == 0 and not stopping.is_set():
+            self._freed.clear()
+            try:
+                await asyncio.wait_for(self._freed.wait(), timeout=FETCH_WAIT)
+            except TimeoutError:
+                pass
+        if stopping.is_set():
+            return 0
+        taken, self.free = self.free, 0
+        return taken
+
+    def give(self, count: int = 1) -> None:
+        self.free += count
+        self._freed.set()
+
+
+class RunnerService:
+    name = "runner"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.ready = asyncio.Event()
+        self._runs: set[asyncio.Task[None]] = set()
+
+    @property
+    def running(self) -> int:
+        return len(self._runs)
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        settings = self.settings
+        names = settings.names
+        setup_tracing("runner", settings.instance_id)
+        bus = await self._connect(stopping)
+        if bus is None:
+            return
+        # One pooled client for every HTTP run; keep as many connections alive as runs can be
+        # in flight, so a busy runner does not reconnect for every call.
+        http = httpx.AsyncClient(
+            timeout=None,
+            # Jobs share the client but must not share state: keep no cookies between runs.
+            cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
+            limits=httpx.Limits(
+                max_connections=settings.concurrency,
+                max_keepalive_connections=settings.concurrency,
+            ),
+        )
+        presence_task: asyncio.Task[None] | None = None
+        fetchers: list[asyncio.Task[None]] = []
+        cancel_sub: Subscription | None = None
+        pulls: list[JetStreamContext.PullSubscription] = []
+        presence: Presence | None = None
+        try:
+            presence = Presence(await bus.js.key_value(names.runners_bucket), settings, lambda: self.running)
+            records = RunningRecords(await bus.js.key_value(names.running_bucket), presence.is_live)
+            handler = RunHandler(
+                settings=settings, nc=bus.nc, js=bus.js, http=http, records=records, stopping=stopping
+            )
+
+            async def on_cancel(msg: Msg) -> None:
+                run_id = msg.subject.rsplit(".", 1)[-1]
+                if handler.cancel(run_id):
+                    log.info("cancelling run %s on request", run_id)
+
+            cancel_sub = await bus.nc.subscribe(names.cancel_subject("*"), cb=on_cancel)
+            await presence.publish()
+            presence_task = asyncio.create_task(presence.keep(stopping), name="runner-presence")
+            slots = Slots(settings.concurrency)
+            for pool in settings.pools:
+                sub = await self._bind(bus.js, pool)
+                pulls.append(sub)
+                fetchers.append(
+                    asyncio.create_task(
+                        self._fetch(sub, pool, slots, handler, stopping), name=f"fetch-{pool}"
+                    )
+                )
+            log.info(
+                "runner %s serving pools %s with %d slots",
+                settings.instance_id,
+                ",".join(settings.pools),
+                settings.concurrency,
+            )
+            self.ready.set()
+            await stopping.wait()
+            await asyncio.wait(fetchers, timeout=FETCH_WAIT + 5.0)
+            await self._finish_in_flight(handler)
+        finally:
+            for task in fetchers:
+                if not task.done():
+                    task.cancel()
+            if fetchers:
+                await asyncio.wait(fetchers, timeout=5.0)
+            if presence_task is not None:
+                await asyncio.wait([presence_task], timeout=5.0)
+                presence_task.cancel()
+            if presence is not None:
+                await presence.withdraw()
+            # Unsubscribe first: draining a pull subscription waits on fetch bookkeeping that
+            # never completes once fetching has stopped.
+            subscriptions: list[Subscription | JetStreamContext.PullSubscription] = list(pulls)
+            if cancel_sub is not None:
+                subscriptions.append(cancel_sub)
+            for subscription in subscriptions:
+                try:
+                    await subscription.unsubscribe()
+                except Exception as exc:
+                    log.debug("unsubscribe on stop: %s", exc)
+            await http.aclose()
+            await bus.close()
+
+    async def _connect(self, stopping: asyncio.Event) -> Bus | None:
+        """Connect and bootstrap, retrying while NATS is unreachable; None if stopped first."""
+        pause = 0.5
+        while not stopping.is_set():
+            try:
+                return await Bus.open(self.settings, "runner")
+            except Exception as exc:
+                log.warning("cannot reach NATS at %s (%s); retrying", self.settings.nats_url, exc)
+            try:
+                await asyncio.wait_for(stopping.wait(), timeout=pause)
+            except TimeoutError:
+                pause = min(pause * 2, 5.0)
+        return None
+
+    async def _bind(self, js: JetStreamContext, pool: str) -> JetStreamContext.PullSubscription:
+        names = self.settings.names
+        config = ConsumerConfig(
+            durable_name=names.runner_consumer(pool),
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=self.settings.ack_wait,
+            deliver_policy=DeliverPolicy.ALL,
+            filter_subject=names.dispatch_pool(pool),
+        )
+        # Runners of one pool start together; the second `add_consumer` of the same config is
+        # harmless, so retry briefly instead of failing the service.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10.0
+        while True:
+            try:
+                return await js.pull_subscribe(
+                    names.dispatch_pool(pool),
+                    durable=names.runner_consumer(pool),
+                    stream=names.dispatch_stream,
+                    config=config,
+                )
+            except (nats.errors.Error, nats.js.errors.Error) as exc:
+                if loop.time() > deadline:
+                    raise
+                log.info("binding consumer for pool %s: %s; retrying", pool, exc)
+                await asyncio.sleep(0.2)
+
+    async def _fetch(
+        self,
+        sub: JetStreamContext.PullSubscription,
+        pool: str,
+        slots: Slots,
+        handler: RunHandler,
+        stopping: asyncio.Event,
+    ) -> None:
+        while not stopping.is_set():
+            count = await slots.take(stopping)
+            if count == 0:
+                return
+            msgs: list[Msg] = []
+            try:
+                msgs = await sub.fetch(batch=count, timeout=FETCH_WAIT)
+            except nats.errors.TimeoutError:
+                pass
+            except Exception as exc:
+                # NATS restarting, or the consumer briefly unavailable: keep trying.
+                log.warning("fetching from pool %s failed: %s", pool, exc)
+                slots.give(count)
+                try:
+                    await asyncio.wait_for(stopping.wait(), timeout=0.5)
+                except TimeoutError:
+                    pass
+                continue
+            slots.give(count - len(msgs))
+            for msg in msgs:
+                if stopping.is_set():
+                    # Fetched while stopping began: give it straight back to another runner.
+                    await _nak_quietly(msg)
+                    slots.give(1)
+                    continue
+                task = asyncio.create_task(handler.handle(msg), name=f"run-{msg.subject}")
+                self._runs.add(task)
+                task.add_done_callback(self._runs.discard)
+                task.add_done_callback(lambda _t: slots.give(1))
+
+    async def _finish_in_flight(self, handler: RunHandler) -> None:
+        """Let in-flight runs finish within the grace period; hand the rest back."""
+        if not self._runs:
+            return
+        log.info("waiting up to %.0fs for %d run(s) in flight", self.settings.grace_period, len(self._runs))
+        _, late = await asyncio.wait(set(self._runs), timeout=self.settings.grace_period)
+        if not late:
+            return
+        log.warning("handing back %d run(s) that did not finish within the grace period", len(late))
+        handler.hand_back_all()
+        _, stuck = await asyncio.wait(late, timeout=30.0)
+        for task in stuck:
+            log.error("run task %s did not stop; cancelling it", task.get_name())
+            task.cancel()
+
+
+async def _nak_quietly(msg: Msg) -> None:
+    try:
+        await msg.nak()
+    except Exception as exc:
+        log.warning("nak on stop failed (%s); the message comes back after ack_wait", exc)
+
+
+def create_service(settings: Settings) -> RunnerService:
+    return RunnerService(settings)

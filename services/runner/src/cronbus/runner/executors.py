@@ -1,0 +1,270 @@
+"""Executors: how a run's work is done. Each turns a spec into an `Outcome`.
+
+An executor gets a `RunControl`: the job's timeout, the live output and an interrupt (cancel
+or hand-back). It never raises for the job's own failures; those become outcomes with an
+error a person can act on. Add an executor by implementing `Execution` and extending
+`execution_for`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import httpx
+
+from cronbus.runner.output import LiveOutput
+from cronbus.runner.processes import ChildProcess, TreeUsage, end_group, group_alive, stop_task
+from cronbus.shared.events import Executor, HttpExecutor, RunStatus, ShellExecutor
+
+log = logging.getLogger(__name__)
+
+InterruptReason = Literal["cancelled", "handed_back"]
+
+
+@dataclass(slots=True)
+class Outcome:
+    status: RunStatus
+    exit_code: int | None = None
+    error: str = ""
+    cpu_ms: float | None = None
+    peak_rss_bytes: int | None = None
+
+
+@dataclass(slots=True)
+class RunControl:
+    """What an execution needs besides its spec, and how the runner interrupts it."""
+
+    output: LiveOutput
+    timeout: float | None = None
+    # SIGTERM -> SIGKILL grace when a process group is ended.
+    kill_grace: float = 5.0
+    interrupted: asyncio.Event = field(default_factory=asyncio.Event)
+    reason: InterruptReason | None = None
+
+    def interrupt(self, reason: InterruptReason) -> None:
+        if self.reason is None:
+            self.reason = reason
+        self.interrupted.set()
+
+
+class Execution(Protocol):
+    async def execute(self, control: RunControl) -> Outcome: ...
+
+
+class UnknownExecutor(ValueError):
+    pass
+
+
+def execution_for(executor: Executor, http: httpx.AsyncClient) -> Execution:
+    match executor:
+        case ShellExecutor():
+            return ShellExecution(executor)
+        case HttpExecutor():
+            return HttpExecution(executor, http)
+    raise UnknownExecutor(f"this runner cannot execute {type(executor).__name__}")
+
+
+def _interrupted_outcome(control: RunControl) -> Outcome:
+    if control.reason == "handed_back":
+        return Outcome("cancelled", error="the runner stopped before the run finished; handed back")
+    return Outcome("cancelled", error="cancelled on request")
+
+
+def _describe_exit(code: int) -> tuple[int, str]:
+    """(shell-style exit code, error text) for a process's return code."""
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return 128 - code, f"killed by {name}"
+    return code, "" if code == 0 else f"exited with status {code}"
+
+
+class ShellExecution:
+    """A command in its own session: `/bin/sh -c` for a string, exec'd directly for a list."""
+
+    def __init__(self, spec: ShellExecutor) -> None:
+        self.spec = spec
+
+    def argv(self) -> list[str]:
+        if isinstance(self.spec.command, str):
+            return ["/bin/sh", "-c", self.spec.command]
+        return list(self.spec.command)
+
+    async def execute(self, control: RunControl) -> Outcome:
+        if control.interrupted.is_set():
+            return _interrupted_outcome(control)
+        argv = self.argv()
+        if not argv:
+            await control.output.note("cronbus: the command is empty")
+            return Outcome("failed", error="the command is empty")
+        try:
+            proc = await ChildProcess.start(
+                argv, env={**os.environ, **self.spec.env} if self.spec.env else None, cwd=self.spec.cwd
+            )
+        except OSError as exc:
+            what = exc.filename if exc.filename else argv[0]
+            reason = exc.strerror or str(exc)
+            if self.spec.cwd and exc.filename == self.spec.cwd:
+                error = f"cannot start the command: working directory {what!r}: {reason}"
+            else:
+                error = f"cannot start the command {what!r}: {reason}"
+            await control.output.note(f"cronbus: {error}")
+            return Outcome("failed", error=error)
+
+        usage = TreeUsage(proc.pid)
+        sampler = asyncio.create_task(usage.follow(), name=f"usage-{proc.pid}")
+        pumps = [
+            asyncio.create_task(_pump(proc.stdout, "stdout", control.output)),
+            asyncio.create_task(_pump(proc.stderr, "stderr", control.output)),
+        ]
+        exited = asyncio.create_task(proc.wait())
+        interrupted = asyncio.create_task(control.interrupted.wait())
+        status: RunStatus
+        try:
+            done, _ = await asyncio.wait(
+                {exited, interrupted}, timeout=control.timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+            if exited in done:
+                status = "succeeded" if proc.returncode == 0 else "failed"
+            elif interrupted in done:
+                status = "cancelled"
+                await end_group(proc.pid, grace=control.kill_grace)
+            else:
+                status = "timed_out"
+                await control.output.note(
+                    f"cronbus: timed out after {control.timeout:g}s; terminating the process group"
+                )
+                await end_group(proc.pid, grace=control.kill_grace)
+            await asyncio.wait_for(exited, timeout=control.kill_grace + 5.0)
+            # Background processes the command left behind belong to the run: end them too,
+            # or they would keep its pipes (and this run) open forever.
+            if group_alive(proc.pid):
+                await control.output.note("cronbus: ending processes the command left running")
+                await end_group(proc.pid, grace=control.kill_grace)
+            _, stuck = await asyncio.wait(pumps, timeout=5.0)
+            for pump in stuck:
+                await stop_task(pump)
+        finally:
+            leftovers: list[asyncio.Task[Any]] = [interrupted, sampler, exited, *pumps]
+            for task in leftovers:
+                if not task.done():
+                    await stop_task(task)
+            if proc.returncode is None:
+                # Only on an unexpected error above: never leave the group behind.
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+            proc.close()
+        if proc.rusage is not None:
+            usage.include(proc.rusage)
+        code, exit_error = _describe_exit(proc.returncode if proc.returncode is not None else -9)
+        if status == "cancelled":
+            outcome = _interrupted_outcome(control)
+            outcome.exit_code = code
+        elif status == "timed_out":
+            outcome = Outcome("timed_out", exit_code=code, error=f"timed out after {control.timeout:g}s")
+        else:
+            outcome = Outcome(status, exit_code=code, error=exit_error)
+        outcome.cpu_ms = usage.cpu_ms
+        outcome.peak_rss_bytes = usage.peak_rss_bytes
+        return outcome
+
+
+async def _pump(pipe: asyncio.StreamReader, stream: Literal["stdout", "stderr"], output: LiveOutput) -> None:
+    # Reads until EOF even past the output cap, so a chatty job never blocks on a full pipe.
+    while data := await pipe.read(65536):
+        await output.write(stream, data)
+
+
+class HttpExecution:
+    """One HTTP request; the response body (up to `max_body_bytes`) is the run's output.
+
+    `exit_code` of an HTTP run is the response status code.
+    """
+
+    def __init__(self, spec: HttpExecutor, client: httpx.AsyncClient) -> None:
+        self.spec = spec
+        self.client = client
+
+    def expected(self, status: int) -> bool:
+        if self.spec.expect_status:
+            return status in self.spec.expect_status
+        return 200 <= status < 300
+
+    async def execute(self, control: RunControl) -> Outcome:
+        if control.interrupted.is_set():
+            return _interrupted_outcome(control)
+        call = asyncio.create_task(self._call(control))
+        interrupted = asyncio.create_task(control.interrupted.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {call, interrupted}, timeout=control.timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for task in (call, interrupted):
+                if not task.done():
+                    await stop_task(task)
+        if call in done:
+            return call.result()
+        if interrupted in done:
+            return _interrupted_outcome(control)
+        error = f"timed out after {control.timeout:g}s waiting for {self.spec.method} {self.spec.url}"
+        await control.output.note(f"cronbus: {error}")
+        return Outcome("timed_out", error=error)
+
+    async def _call(self, control: RunControl) -> Outcome:
+        spec = self.spec
+        try:
+            async with self.client.stream(
+                spec.method.upper(),
+                spec.url,
+                headers=spec.headers,
+                content=spec.body.encode() if spec.body is not None else None,
+                follow_redirects=spec.follow_redirects,
+            ) as response:
+                await control.output.note(
+                    f"HTTP {response.status_code} {response.reason_phrase} from {spec.method.upper()} "
+                    f"{response.url}"
+                )
+                kept = 0
+                async for part in response.aiter_bytes():
+                    room = spec.max_body_bytes - kept
+                    if len(part) > room:
+                        await control.output.write("stdout", part[:room])
+                        await control.output.note(
+                            f"cronbus: response body truncated after {spec.max_body_bytes} bytes"
+                        )
+                        break
+                    await control.output.write("stdout", part)
+                    kept += len(part)
+                status = response.status_code
+        except httpx.InvalidURL as exc:
+            return await _http_failure(control, f"invalid URL {spec.url!r}: {exc}")
+        except httpx.UnsupportedProtocol as exc:
+            return await _http_failure(control, f"unsupported URL {spec.url!r}: {exc}")
+        except httpx.ConnectError as exc:
+            return await _http_failure(
+                control, f"could not connect to {spec.url}: {exc or type(exc).__name__}"
+            )
+        except httpx.TooManyRedirects as exc:
+            return await _http_failure(control, f"too many redirects from {spec.url}: {exc}")
+        except httpx.HTTPError as exc:
+            return await _http_failure(
+                control, f"{spec.method.upper()} {spec.url} failed: {exc or type(exc).__name__}"
+            )
+        if self.expected(status):
+            return Outcome("succeeded", exit_code=status)
+        wanted = ", ".join(map(str, spec.expect_status)) if spec.expect_status else "any 2xx"
+        return Outcome("failed", exit_code=status, error=f"HTTP status {status}, expected {wanted}")
+
+
+async def _http_failure(control: RunControl, error: str) -> Outcome:
+    await control.output.note(f"cronbus: {error}")
+    return Outcome("failed", error=error)

@@ -1,0 +1,165 @@
+"""A run's output on its way to the LOGS stream: capped, cut into chunks, flushed live.
+
+`Chunker` is the pure part (cap, ordering, sequence numbers); `LiveOutput` drives it: it
+publishes a chunk as soon as `chunk_size` bytes are pending, and otherwise at most
+`interval` seconds after the first pending byte, so a quiet job's lines appear at once and
+a chatty job's output is batched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from cronbus.shared.events import OutputStream
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CHUNK_SIZE = 64 * 1024
+DEFAULT_OUTPUT_CAP = 10 * 1024 * 1024
+DEFAULT_FLUSH_INTERVAL = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    seq: int
+    stream: OutputStream
+    data: bytes
+
+
+def truncation_marker(cap: int) -> bytes:
+    return (
+        f"\n[cronbus: output truncated after {cap} bytes; the rest of this run's output was "
+        "discarded (raise CRONBUS_OUTPUT_CAP to keep more)]\n"
+    ).encode()
+
+
+class Chunker:
+    """Collects a run's output in order, keeps at most `cap` bytes of it, and cuts chunks."""
+
+    def __init__(self, *, cap: int = DEFAULT_OUTPUT_CAP, chunk_size: int = DEFAULT_CHUNK_SIZE) -> None:
+        self.cap = cap
+        self.chunk_size = chunk_size
+        self.next_seq = 0
+        # Everything the job wrote, kept or not.
+        self.total_bytes = 0
+        self.kept_bytes = 0
+        self.truncated = False
+        self._pending: list[tuple[OutputStream, bytearray]] = []
+        self.pending_bytes = 0
+
+    def add(self, stream: OutputStream, data: bytes) -> None:
+        """Job output: kept up to the cap; past it only counted, after one truncation marker."""
+        self.total_bytes += len(data)
+        room = self.cap - self.kept_bytes
+        if room >= len(data):
+            self._append(stream, data)
+            self.kept_bytes += len(data)
+            return
+        if room > 0:
+            self._append(stream, data[:room])
+            self.kept_bytes += room
+        if not self.truncated:
+            self.truncated = True
+            self._append("system", truncation_marker(self.cap))
+
+    def note(self, text: str) -> None:
+        """A message from cronbus itself (stream `system`); not counted against the cap."""
+        self._append("system", text.encode() if text.endswith("\n") else (text + "\n").encode())
+
+    @property
+    def full(self) -> bool:
+        return self.pending_bytes >= self.chunk_size
+
+    def take(self) -> list[Chunk]:
+        """Everything pending, as chunks of at most `chunk_size` bytes, numbered in order."""
+        chunks: list[Chunk] = []
+        for stream, data in self._pending:
+            for start in range(0, len(data), self.chunk_size):
+                chunks.append(Chunk(self.next_seq, stream, bytes(data[start : start + self.chunk_size])))
+                self.next_seq += 1
+        self._pending.clear()
+        self.pending_bytes = 0
+        return chunks
+
+    def _append(self, stream: OutputStream, data: bytes) -> None:
+        if not data:
+            return
+        if self._pending and self._pending[-1][0] == stream:
+            self._pending[-1][1].extend(data)
+        else:
+            self._pending.append((stream, bytearray(data)))
+        self.pending_bytes += len(data)
+
+
+class LiveOutput:
+    """Publishes a Chunker's chunks in order while the run goes on. Use as an async context."""
+
+    def __init__(
+        self,
+        publish: Callable[[Chunk], Awaitable[None]],
+        chunker: Chunker,
+        *,
+        interval: float = DEFAULT_FLUSH_INTERVAL,
+    ) -> None:
+        self._publish = publish
+        self.chunker = chunker
+        self._interval = interval
+        self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._last_flush = 0.0
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> LiveOutput:
+        self._flusher = asyncio.create_task(self._flush_periodically(), name="output-flusher")
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def write(self, stream: OutputStream, data: bytes) -> None:
+        """Job output. Awaits a publish when a chunk is full, which slows a fast writer down."""
+        self.chunker.add(stream, data)
+        if self.chunker.full:
+            await self.flush()
+        else:
+            self._wake.set()
+
+    async def note(self, text: str) -> None:
+        self.chunker.note(text)
+        self._wake.set()
+
+    async def flush(self) -> None:
+        async with self._lock:
+            for chunk in self.chunker.take():
+                await self._publish(chunk)
+            self._last_flush = asyncio.get_running_loop().time()
+
+    async def close(self) -> None:
+        """Stop the timer and publish what is left."""
+        if self._flusher is not None:
+            # Under the lock the timer is between flushes, so cancelling it loses no chunk.
+            async with self._lock:
+                self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+            self._flusher = None
+        await self.flush()
+
+    async def _flush_periodically(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            delay = self._last_flush + self._interval - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            try:
+                await self.flush()
+            except Exception:
+                # The publisher already retried; the job keeps running and the next flush tries
+                # again with whatever is pending then.
+                log.exception("publishing output failed")

@@ -1,0 +1,374 @@
+"""One dispatch message, from delivery to ack: check history, admit, execute, report.
+
+Order matters for the promises in DESIGN.md: `RunStarted` is stored before the work starts,
+`RunFinished` is stored before the message is acked (or nak'ed for a retry), and a delivery
+whose run already has a final outcome is acked without running anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any
+
+import httpx
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from cronbus.runner.attempts import after_attempt, plan_delivery
+from cronbus.runner.executors import RunControl, execution_for
+from cronbus.runner.output import Chunk, Chunker, LiveOutput
+from cronbus.runner.overlap import Holder, RunningRecords
+from cronbus.runner.processes import stop_task
+from cronbus.shared.bus import MSG_ID
+from cronbus.shared.events import (
+    Event,
+    LogChunk,
+    MalformedEvent,
+    RunDispatched,
+    RunEvents,
+    RunFinished,
+    RunStarted,
+    decode_dispatch,
+    decode_run_event,
+    decode_run_identity,
+    encode,
+    utcnow,
+)
+from cronbus.shared.settings import Settings
+from cronbus.shared.tracing import extract_context, inject_headers, tracer
+
+log = logging.getLogger(__name__)
+
+# How often a run waiting behind another (overlap policy `queue`) looks again.
+QUEUE_POLL = 0.25
+
+
+class EventPublisher:
+    """Publishes to JetStream and waits for the PubAck, retrying through a NATS restart."""
+
+    def __init__(self, js: JetStreamContext, *, patience: float) -> None:
+        self.js = js
+        self.patience = patience
+
+    async def publish(self, subject: str, event: Event, msg_id: str | None = None) -> None:
+        headers = inject_headers({MSG_ID: msg_id} if msg_id else None)
+        payload = encode(event)
+        await self._retrying(lambda: self.js.publish(subject, payload, headers=headers), f"publish {subject}")
+
+    async def last_run_event(self, stream: str, subject: str) -> RunEvents | None:
+        async def read() -> RunEvents | None:
+            try:
+                raw = await self.js.get_last_msg(stream, subject)
+            except NotFoundError:
+                return None
+            try:
+                return decode_run_event(raw.data or b"")
+            except MalformedEvent as exc:
+                log.warning("last event on %s is unreadable (%s); treating the run as new", subject, exc)
+                return None
+
+        result = await self._retrying(read, f"read {subject}")
+        assert result is None or isinstance(result, RunDispatched | RunStarted | RunFinished)
+        return result
+
+    async def _retrying(self, op: Callable[[], Awaitable[object]], what: str) -> object:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.patience
+        pause = 0.1
+        while True:
+            try:
+                return await op()
+            except Exception as exc:
+                if loop.time() + pause > deadline:
+                    raise
+                log.warning("%s failed (%s); retrying", what, exc or type(exc).__name__)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 1.0)
+
+
+class RunHandler:
+    """Handles dispatch messages; `active` maps run ids in flight to their controls (cancel)."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        nc: NATS,
+        js: JetStreamContext,
+        http: httpx.AsyncClient,
+        records: RunningRecords,
+        stopping: asyncio.Event,
+    ) -> None:
+        self.settings = settings
+        self.names = settings.names
+        self.nc = nc
+        self.js = js
+        self.http = http
+        self.records = records
+        self.stopping = stopping
+        self.events = EventPublisher(js, patience=max(settings.ack_wait, 10.0))
+        self.active: dict[str, RunControl] = {}
+        self._handing_back = False
+        self.host = socket.gethostname()
+        self.pid = os.getpid()
+        self._tracer = tracer("cronbus.runner")
+
+    def cancel(self, run_id: str) -> bool:
+        control = self.active.get(run_id)
+        if control is None:
+            return False
+        control.interrupt("cancelled")
+        return True
+
+    def hand_back_all(self) -> None:
+        """Interrupt every run in flight, and any that gets this far later, to hand it back."""
+        self._handing_back = True
+        for control in self.active.values():
+            control.interrupt("handed_back")
+
+    async def handle(self, msg: Msg) -> None:
+        """Never raises: every failure is logged and the message nak'ed or terminated."""
+        heartbeat = asyncio.create_task(self._heartbeat(msg), name="heartbeat")
+        try:
+            with self._tracer.start_as_current_span("run", context=extract_context(msg.headers)):
+                try:
+                    dispatch = decode_dispatch(msg.data)
+                except MalformedEvent as exc:
+                    await self._reject(msg, exc)
+                    return
+                await self._handle(msg, dispatch, msg.metadata.num_delivered)
+        except Exception:
+            log.exception("handling dispatch %s failed; it will be delivered again", _describe(msg))
+            try:
+                await msg.nak(delay=1.0)
+            except Exception as exc:
+                log.warning("nak failed (%s); the message comes back after ack_wait", exc)
+        finally:
+            await stop_task(heartbeat)
+
+    async def _heartbeat(self, msg: Msg) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat)
+            try:
+                await msg.in_progress()
+            except Exception as exc:
+                log.warning("heartbeat for %s failed: %s", _describe(msg), exc)
+
+    async def _reject(self, msg: Msg, exc: MalformedEvent) -> None:
+        """A dispatch this runner cannot run: report it when the run is identifiable, then term."""
+        try:
+            ident = decode_run_identity(msg.data)
+        except MalformedEvent:
+            log.error("terminating a malformed dispatch message on %s: %s", msg.subject, exc)
+            await msg.term()
+            return
+        error = f"this runner cannot run the dispatch: {exc}"
+        log.error("run %s of job %s: %s", ident.run_id, ident.job_id, error)
+        await self.events.publish(
+            self.names.run_subject(ident.job_id, ident.run_id),
+            RunFinished(
+                run_id=ident.run_id,
+                job_id=ident.job_id,
+                slot=ident.slot,
+                attempt=msg.metadata.num_delivered,
+                status="failed",
+                runner=self.settings.instance_id,
+                error=error,
+            ),
+        )
+        await msg.term()
+
+    def _finished(
+        self, d: RunDispatched, attempt: int, *, runner: str | None = None, **fields: object
+    ) -> RunFinished:
+        return RunFinished(
+            run_id=d.run_id,
+            job_id=d.job_id,
+            slot=d.slot,
+            attempt=attempt,
+            runner=runner or self.settings.instance_id,
+            **fields,  # type: ignore[arg-type]
+        )
+
+    async def _handle(self, msg: Msg, d: RunDispatched, attempt: int) -> None:
+        subject = self.names.run_subject(d.job_id, d.run_id)
+        retries = d.spec.retries
+        last = await self.events.last_run_event(self.names.runs_stream, subject)
+        plan = plan_delivery(last, attempt, retries)
+        if plan.finished:
+            log.info("run %s already finished; acking delivery %d", d.run_id, attempt)
+            await msg.ack()
+            return
+        if plan.lost_attempt is not None:
+            who = last.runner if isinstance(last, RunStarted) else "?"
+            await self.events.publish(
+                subject,
+                # Attributed to the runner that ran (and lost) the attempt, not to this one.
+                self._finished(
+                    d,
+                    plan.lost_attempt,
+                    runner=who,
+                    status="lost",
+                    final=plan.lost_is_final,
+                    error=f"attempt {plan.lost_attempt} started on runner {who}, which stopped "
+                    "reporting before it finished",
+                ),
+                msg_id=f"{d.run_id}:{plan.lost_attempt}:finished",
+            )
+            if plan.lost_is_final:
+                await msg.ack()
+                return
+
+        chunker = Chunker(cap=self.settings.output_cap)
+        output = LiveOutput(self._chunk_publisher(d, attempt), chunker)
+        control = RunControl(output=output, timeout=d.spec.timeout)
+        self.active[d.run_id] = control
+        if self._handing_back:
+            control.interrupt("handed_back")
+        try:
+            if d.spec.overlap != "allow" and not await self._admit(msg, d, attempt, control):
+                return
+            try:
+                await self._execute(msg, d, attempt, control)
+            finally:
+                if d.spec.overlap != "allow":
+                    await self._release(d)
+        finally:
+            self.active.pop(d.run_id, None)
+
+    async def _admit(self, msg: Msg, d: RunDispatched, attempt: int, control: RunControl) -> bool:
+        """Apply the overlap policy; True when this delivery may run now."""
+        holder = Holder(runner=self.settings.instance_id, attempt=attempt, since=utcnow())
+        subject = self.names.run_subject(d.job_id, d.run_id)
+        while True:
+            admission = await self.records.admit(d.job_id, d.run_id, holder, d.spec.overlap)
+            if admission.verdict == "run":
+                for other in admission.cancel:
+                    log.info("run %s replaces run %s of job %s", d.run_id, other, d.job_id)
+                    await self.nc.publish(self.names.cancel_subject(other), b"replaced")
+                return True
+            if admission.verdict == "skip":
+                await self.events.publish(
+                    subject,
+                    self._finished(d, attempt, status="skipped", error=admission.reason),
+                    msg_id=f"{d.run_id}:{attempt}:finished",
+                )
+                await msg.ack()
+                return False
+            # Waiting behind a running one (policy queue): look again shortly.
+            try:
+                await asyncio.wait_for(control.interrupted.wait(), timeout=QUEUE_POLL)
+            except TimeoutError:
+                pass
+            if control.interrupted.is_set() or self.stopping.is_set():
+                await self._release(d)
+                if control.reason == "cancelled":
+                    await self.events.publish(
+                        subject,
+                        self._finished(d, attempt, status="cancelled", error="cancelled while queued"),
+                        msg_id=f"{d.run_id}:{attempt}:finished",
+                    )
+                    await msg.ack()
+                else:
+                    await msg.nak()
+                return False
+
+    async def _release(self, d: RunDispatched) -> None:
+        try:
+            await self.records.release(d.job_id, d.run_id)
+        except Exception as exc:
+            # Not fatal: a record whose runner is gone stops counting once its presence expires.
+            log.warning("could not release the running record of job %s: %s", d.job_id, exc)
+
+    def _chunk_publisher(self, d: RunDispatched, attempt: int) -> Callable[[Chunk], Awaitable[None]]:
+        subject = self.names.log_subject(d.run_id)
+
+        async def publish(chunk: Chunk) -> None:
+            event = LogChunk(
+                run_id=d.run_id,
+                job_id=d.job_id,
+                slot=d.slot,
+                attempt=attempt,
+                seq=chunk.seq,
+                stream=chunk.stream,
+                data=chunk.data,
+            )
+            await self.events.publish(subject, event, msg_id=f"{d.run_id}:{attempt}:{chunk.seq}")
+
+        return publish
+
+    async def _execute(self, msg: Msg, d: RunDispatched, attempt: int, control: RunControl) -> None:
+        subject = self.names.run_subject(d.job_id, d.run_id)
+        await self.events.publish(
+            subject,
+            RunStarted(
+                run_id=d.run_id,
+                job_id=d.job_id,
+                slot=d.slot,
+                attempt=attempt,
+                runner=self.settings.instance_id,
+                host=self.host,
+                pid=self.pid,
+            ),
+            msg_id=f"{d.run_id}:{attempt}:started",
+        )
+        began = time.monotonic()
+        execution = execution_for(d.spec.executor, self.http)
+        async with control.output as output:
+            outcome = await execution.execute(control)
+        duration_ms = (time.monotonic() - began) * 1000.0
+        chunker = output.chunker
+        common: dict[str, Any] = {
+            "exit_code": outcome.exit_code,
+            "duration_ms": duration_ms,
+            "error": outcome.error,
+            "cpu_ms": outcome.cpu_ms,
+            "peak_rss_bytes": outcome.peak_rss_bytes,
+            "output_bytes": chunker.total_bytes,
+            "truncated": chunker.truncated,
+        }
+        if control.reason == "handed_back":
+            # Not the job's failure: the next delivery (another runner) runs it again.
+            await self.events.publish(
+                subject,
+                self._finished(d, attempt, status="lost", final=False, **common),
+                msg_id=f"{d.run_id}:{attempt}:finished",
+            )
+            await msg.nak()
+            return
+        result = after_attempt(outcome.status, attempt, d.spec.retries)
+        retry_at = None if result.retry_delay is None else utcnow() + timedelta(seconds=result.retry_delay)
+        await self.events.publish(
+            subject,
+            self._finished(
+                d, attempt, status=outcome.status, final=result.final, retry_at=retry_at, **common
+            ),
+            msg_id=f"{d.run_id}:{attempt}:finished",
+        )
+        log.info(
+            "run %s of job %s attempt %d: %s%s",
+            d.run_id,
+            d.job_id,
+            attempt,
+            outcome.status,
+            "" if result.final else f", retry in {result.retry_delay:g}s",
+        )
+        if result.retry_delay is None:
+            await msg.ack()
+        else:
+            await msg.nak(delay=result.retry_delay)
+
+
+def _describe(msg: Msg) -> str:
+    try:
+        return f"{msg.subject} (stream seq {msg.metadata.sequence.stream})"
+    except Exception:
+        return msg.subject

@@ -1,0 +1,167 @@
+"""What the runner tests share: dispatching runs, reading RUNS/LOGS back, running runners."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from cronbus.runner.app import RunnerService
+from cronbus.shared.bus import MSG_ID
+from cronbus.shared.events import (
+    Executor,
+    JobSpec,
+    LogChunk,
+    RunDispatched,
+    RunEvents,
+    RunFinished,
+    decode_log_chunk,
+    decode_run_event,
+    encode,
+    run_id_for,
+)
+from cronbus.shared.settings import Settings
+from tests.support import wait_for
+
+_slot_counter = 0
+
+
+def new_slot() -> datetime:
+    """A distinct slot per call (so distinct run ids), whole seconds like a cron slot."""
+    global _slot_counter
+    _slot_counter += 1
+    base = datetime(2026, 1, 1, tzinfo=UTC)
+    return base + timedelta(seconds=_slot_counter)
+
+
+async def dispatch(
+    js: JetStreamContext,
+    settings: Settings,
+    executor: Executor,
+    *,
+    job_id: str | None = None,
+    slot: datetime | None = None,
+    pool: str = "default",
+    **spec_fields: Any,
+) -> RunDispatched:
+    job_id = job_id or "job-" + uuid.uuid4().hex[:8]
+    slot = slot or new_slot()
+    spec = JobSpec(name=job_id, schedule="@every 1h", executor=executor, pool=pool, **spec_fields)
+    event = RunDispatched(run_id=run_id_for(job_id, slot), job_id=job_id, slot=slot, pool=pool, spec=spec)
+    await js.publish(
+        settings.names.dispatch_subject(pool, job_id),
+        encode(event),
+        headers={MSG_ID: f"{job_id}:{int(slot.timestamp() * 1000)}"},
+    )
+    return event
+
+
+async def read_subject(js: JetStreamContext, stream: str, subject: str) -> list[bytes]:
+    """Every stored message on `subject` (wildcards allowed) in stream order."""
+    out: list[bytes] = []
+    seq = 1
+    while True:
+        try:
+            raw = await js.get_msg(stream, seq=seq, subject=subject, next=True)
+        except NotFoundError:
+            return out
+        out.append(raw.data or b"")
+        assert raw.seq is not None
+        seq = raw.seq + 1
+
+
+async def run_events(js: JetStreamContext, settings: Settings, run_id: str) -> list[RunEvents]:
+    n = settings.names
+    return [decode_run_event(d) for d in await read_subject(js, n.runs_stream, n.run_subject("*", run_id))]
+
+
+async def log_chunks(js: JetStreamContext, settings: Settings, run_id: str) -> list[LogChunk]:
+    n = settings.names
+    return [decode_log_chunk(d) for d in await read_subject(js, n.logs_stream, n.log_subject(run_id))]
+
+
+async def final_outcome(
+    js: JetStreamContext, settings: Settings, run_id: str, timeout: float = 15.0
+) -> RunFinished:
+    async def final() -> RunFinished | None:
+        for event in await run_events(js, settings, run_id):
+            if isinstance(event, RunFinished) and event.final:
+                return event
+        return None
+
+    result = await wait_for(final, timeout=timeout, what=f"final outcome of run {run_id}")
+    assert isinstance(result, RunFinished)
+    return result
+
+
+async def output_of(
+    js: JetStreamContext, settings: Settings, run_id: str, attempt: int | None = None
+) -> bytes:
+    chunks = [c for c in await log_chunks(js, settings, run_id) if attempt is None or c.attempt == attempt]
+    return b"".join(c.data for c in sorted(chunks, key=lambda c: (c.attempt, c.seq)))
+
+
+@contextlib.asynccontextmanager
+async def running(settings: Settings, **overrides: Any) -> AsyncIterator[RunnerService]:
+    """A runner service in this process until the block ends (then a graceful stop)."""
+    service = RunnerService(replace(settings, **overrides))
+    stopping = asyncio.Event()
+    task = asyncio.create_task(service.run(stopping))
+    try:
+        ready = asyncio.create_task(service.ready.wait())
+        done, _ = await asyncio.wait({ready, task}, timeout=15.0, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            task.result()
+        assert ready in done, "runner did not become ready"
+        yield service
+    finally:
+        stopping.set()
+        await asyncio.wait_for(task, timeout=settings.grace_period + 20.0)
+
+
+def spawn_runner(settings: Settings, instance_id: str, log_path: Path, **env: str) -> subprocess.Popen[bytes]:
+    """`cronbus runner` as a separate process (its output goes to `log_path`)."""
+    environ = {
+        **os.environ,
+        "CRONBUS_ACK_WAIT": str(settings.ack_wait),
+        "CRONBUS_HEARTBEAT": str(settings.heartbeat),
+        "CRONBUS_GRACE_PERIOD": str(settings.grace_period),
+        **env,
+    }
+    with open(log_path, "ab") as out:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "cronbus.shared.cli",
+                "runner",
+                "--nats-url",
+                settings.nats_url,
+                "--prefix",
+                settings.prefix,
+                "--instance-id",
+                instance_id,
+            ],
+            env=environ,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def kill_process(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=10)

@@ -1,0 +1,154 @@
+"""Retries, redelivery of finished runs, malformed dispatches, and the pure attempt rules."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from cronbus.runner.attempts import after_attempt, plan_delivery
+from cronbus.shared.bus import MSG_ID, Bus
+from cronbus.shared.events import (
+    Retries,
+    RunFinished,
+    RunStarted,
+    ShellExecutor,
+    encode,
+    utcnow,
+)
+from cronbus.shared.settings import Settings
+from tests.runner.support import dispatch, final_outcome, new_slot, output_of, run_events, running
+from tests.support import wait_for
+
+SLOT = utcnow()
+
+
+def _started(attempt: int) -> RunStarted:
+    return RunStarted(run_id="r", job_id="j", slot=SLOT, attempt=attempt, runner="a")
+
+
+def _finished(attempt: int, *, final: bool) -> RunFinished:
+    return RunFinished(run_id="r", job_id="j", slot=SLOT, attempt=attempt, status="failed", final=final)
+
+
+def test_delivery_plans():
+    retries = Retries(max_attempts=3)
+    assert plan_delivery(None, 1, retries).run
+    finished = plan_delivery(_finished(1, final=True), 2, retries)
+    assert finished.finished
+    assert not finished.run
+    assert plan_delivery(_finished(1, final=False), 2, retries).run
+    lost = plan_delivery(_started(1), 2, retries)
+    assert (lost.lost_attempt, lost.lost_is_final, lost.run) == (1, False, True)
+    last = plan_delivery(_started(3), 4, retries)
+    assert (last.lost_attempt, last.lost_is_final, last.run) == (3, True, False)
+
+
+@pytest.mark.parametrize(
+    ("status", "attempt", "final", "delay"),
+    [
+        ("succeeded", 1, True, None),
+        ("cancelled", 1, True, None),
+        ("failed", 1, False, 10.0),
+        ("timed_out", 2, False, 20.0),
+        ("failed", 3, True, None),
+    ],
+)
+def test_after_attempt(status, attempt, final, delay):
+    result = after_attempt(status, attempt, Retries(max_attempts=3, backoff=10, multiplier=2))
+    assert (result.final, result.retry_delay) == (final, delay)
+
+
+async def _settled(bus: Bus, settings: Settings) -> bool:
+    info = await bus.js.consumer_info(
+        settings.names.dispatch_stream, settings.names.runner_consumer("default")
+    )
+    return info.num_pending == 0 and info.num_ack_pending == 0
+
+
+async def test_a_failing_run_is_retried_with_backoff_until_it_succeeds(settings: Settings, tmp_path):
+    bus = await Bus.open(settings, "test")
+    counter = tmp_path / "count"
+    command = (
+        f"n=$(cat {counter} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {counter}; "
+        "echo try $n; [ $n -ge 2 ]"
+    )
+    try:
+        async with running(settings):
+            flaky = await dispatch(
+                bus.js,
+                settings,
+                ShellExecutor(command=command),
+                retries=Retries(max_attempts=3, backoff=0.3),
+            )
+            doomed = await dispatch(
+                bus.js,
+                settings,
+                ShellExecutor(command="exit 1"),
+                retries=Retries(max_attempts=2, backoff=0.1),
+            )
+            result = await final_outcome(bus.js, settings, flaky.run_id)
+            assert (result.status, result.attempt) == ("succeeded", 2)
+            events = await run_events(bus.js, settings, flaky.run_id)
+            first = next(e for e in events if isinstance(e, RunFinished))
+            assert (first.status, first.attempt, first.final) == ("failed", 1, False)
+            assert first.retry_at is not None
+            started = [e for e in events if isinstance(e, RunStarted)]
+            assert [s.attempt for s in started] == [1, 2]
+            # The backoff held: attempt 2 started no earlier than the retry time (clock skew aside).
+            assert (started[1].occurred_at - first.occurred_at).total_seconds() >= 0.25
+            assert await output_of(bus.js, settings, flaky.run_id, attempt=2) == b"try 2\n"
+
+            result = await final_outcome(bus.js, settings, doomed.run_id)
+            assert (result.status, result.attempt, result.final) == ("failed", 2, True)
+            finishes = [
+                e for e in await run_events(bus.js, settings, doomed.run_id) if isinstance(e, RunFinished)
+            ]
+            assert [(f.attempt, f.final) for f in finishes] == [(1, False), (2, True)]
+    finally:
+        await bus.close()
+
+
+async def test_a_redelivered_finished_run_is_acked_not_run_again(settings: Settings):
+    bus = await Bus.open(settings, "test")
+    try:
+        async with running(settings):
+            d = await dispatch(bus.js, settings, ShellExecutor(command="echo once"))
+            await final_outcome(bus.js, settings, d.run_id)
+            # The same run dispatched again (a different message id defeats the dedupe window).
+            await bus.js.publish(
+                settings.names.dispatch_subject("default", d.job_id), encode(d), headers={MSG_ID: "again"}
+            )
+            await wait_for(lambda: _settled(bus, settings), what="dispatch consumer settled")
+            events = await run_events(bus.js, settings, d.run_id)
+            assert len([e for e in events if isinstance(e, RunStarted)]) == 1
+            assert await output_of(bus.js, settings, d.run_id) == b"once\n"
+    finally:
+        await bus.close()
+
+
+async def test_malformed_and_unknown_dispatches_are_terminated_without_blocking(settings: Settings):
+    bus = await Bus.open(settings, "test")
+    n = settings.names
+    try:
+        async with running(settings):
+            await bus.js.publish(n.dispatch_subject("default", "junk"), b"\x00not json")
+            slot = new_slot()
+            unknown = {
+                "type": "run.dispatched",
+                "run_id": "run-unknown",
+                "job_id": "job-unknown",
+                "slot": slot.isoformat(),
+                "pool": "default",
+                "spec": {"name": "x", "schedule": "@daily", "executor": {"type": "ssh", "host": "h"}},
+            }
+            await bus.js.publish(n.dispatch_subject("default", "job-unknown"), msgspec.json.encode(unknown))
+            after = await dispatch(bus.js, settings, ShellExecutor(command="echo still working"))
+            result = await final_outcome(bus.js, settings, after.run_id)
+            assert result.status == "succeeded"
+            failed = await final_outcome(bus.js, settings, "run-unknown")
+            assert failed.status == "failed"
+            assert "cannot run the dispatch" in failed.error
+            assert "ssh" in failed.error
+            await wait_for(lambda: _settled(bus, settings), what="dispatch consumer settled")
+    finally:
+        await bus.close()

@@ -1,0 +1,159 @@
+"""HTTP runs against a local server: status checks, retries, timeouts, caps, redirects."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from cronbus.shared.bus import Bus
+from cronbus.shared.events import HttpExecutor, Retries
+from cronbus.shared.settings import Settings
+from tests.runner.support import dispatch, final_outcome, output_of, running
+
+
+class LocalServer:
+    def __init__(self) -> None:
+        self.hits: dict[str, int] = {}
+        self.bodies: list[bytes] = []
+        self.release = threading.Event()
+        self.httpd: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.httpd is not None
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+
+@pytest.fixture
+def server() -> Iterator[LocalServer]:
+    state = LocalServer()
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def _reply(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+            self.send_response(status)
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:
+            state.hits[self.path] = state.hits.get(self.path, 0) + 1
+            if self.path == "/flaky":
+                if state.hits[self.path] == 1:
+                    self._reply(500, b"broken")
+                else:
+                    self._reply(200, b"fine")
+            elif self.path == "/hang":
+                state.release.wait(30)
+                self._reply(200, b"late")
+            elif self.path == "/big":
+                self._reply(200, b"x" * 100_000)
+            elif self.path == "/moved":
+                self._reply(302, b"", {"Location": "/ok"})
+            elif self.path == "/ok":
+                self._reply(200, b"ok")
+            elif self.path == "/set-cookie":
+                self._reply(200, b"set", {"Set-Cookie": "session=abc; Path=/"})
+            elif self.path == "/cookie":
+                self._reply(200, (self.headers.get("Cookie") or "none").encode())
+            else:
+                self._reply(404, b"no such path")
+
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length", "0"))
+            state.bodies.append(self.rfile.read(length))
+            self._reply(204 if self.headers.get("X-Token") == "secret" else 401, b"")
+
+    state.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    state.httpd.daemon_threads = True
+    thread = threading.Thread(target=state.httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield state
+    finally:
+        state.release.set()
+        state.httpd.shutdown()
+        state.httpd.server_close()
+        thread.join(timeout=10)
+
+
+async def test_http_runs(settings: Settings, server: LocalServer):
+    bus = await Bus.open(settings, "test")
+    try:
+        async with running(settings):
+            flaky = await dispatch(
+                bus.js,
+                settings,
+                HttpExecutor(url=f"{server.url}/flaky"),
+                retries=Retries(max_attempts=2, backoff=0.1),
+            )
+            hang = await dispatch(bus.js, settings, HttpExecutor(url=f"{server.url}/hang"), timeout=0.5)
+            big = await dispatch(bus.js, settings, HttpExecutor(url=f"{server.url}/big", max_body_bytes=1000))
+            post = await dispatch(
+                bus.js,
+                settings,
+                HttpExecutor(
+                    url=f"{server.url}/hook",
+                    method="POST",
+                    headers={"X-Token": "secret"},
+                    body='{"a": 1}',
+                    expect_status=[204],
+                ),
+            )
+            moved = await dispatch(bus.js, settings, HttpExecutor(url=f"{server.url}/moved"))
+            unfollowed = await dispatch(
+                bus.js, settings, HttpExecutor(url=f"{server.url}/moved", follow_redirects=False)
+            )
+            nowhere = await dispatch(bus.js, settings, HttpExecutor(url="http://no-such-host.invalid/x"))
+
+            result = await final_outcome(bus.js, settings, flaky.run_id)
+            assert (result.status, result.attempt, result.exit_code) == ("succeeded", 2, 200)
+            assert await output_of(bus.js, settings, flaky.run_id, attempt=1) == (
+                f"HTTP 500 Internal Server Error from GET {server.url}/flaky\n".encode() + b"broken"
+            )
+            assert (await output_of(bus.js, settings, flaky.run_id, attempt=2)).endswith(b"fine")
+
+            result = await final_outcome(bus.js, settings, hang.run_id)
+            assert result.status == "timed_out"
+            assert "timed out after 0.5s" in result.error
+
+            result = await final_outcome(bus.js, settings, big.run_id)
+            assert result.status == "succeeded"
+            out = await output_of(bus.js, settings, big.run_id)
+            assert out.count(b"x") == 1000
+            assert b"truncated after 1000 bytes" in out
+
+            assert (await final_outcome(bus.js, settings, post.run_id)).exit_code == 204
+            assert server.bodies == [b'{"a": 1}']
+
+            result = await final_outcome(bus.js, settings, moved.run_id)
+            assert (result.status, result.exit_code) == ("succeeded", 200)
+            result = await final_outcome(bus.js, settings, unfollowed.run_id)
+            assert (result.status, result.exit_code) == ("failed", 302)
+            assert "expected any 2xx" in result.error
+
+            result = await final_outcome(bus.js, settings, nowhere.run_id)
+            assert result.status == "failed"
+            assert "could not connect to http://no-such-host.invalid/x" in result.error
+    finally:
+        await bus.close()
+
+
+async def test_http_runs_do_not_share_cookies(settings: Settings, server: LocalServer):
+    bus = await Bus.open(settings, "test")
+    try:
+        async with running(settings):
+            setter = await dispatch(bus.js, settings, HttpExecutor(url=f"{server.url}/set-cookie"))
+            assert (await final_outcome(bus.js, settings, setter.run_id)).status == "succeeded"
+            reader = await dispatch(bus.js, settings, HttpExecutor(url=f"{server.url}/cookie"))
+            assert (await final_outcome(bus.js, settings, reader.run_id)).status == "succeeded"
+            assert (await output_of(bus.js, settings, reader.run_id)).endswith(b"none")
+    finally:
+        await bus.close()
