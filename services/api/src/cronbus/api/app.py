@@ -1,0 +1,272 @@
+"""The api service's composition root: `create_app` wires the Litestar app, `create_service`
+builds the service the `cronbus` command runs (uvicorn on a socket it binds itself)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import socket
+from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, datetime
+from typing import TypeVar
+
+import uvicorn
+from litestar import Litestar
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from cronbus.api.auth import DOCS_PATH, KeyRing, authorize
+from cronbus.api.controllers import (
+    HealthController,
+    JobController,
+    RunController,
+    StatusController,
+    openapi_json,
+)
+from cronbus.api.history import History
+from cronbus.api.jobs import Jobs
+from cronbus.api.journal import Journal
+from cronbus.api.problems import EXCEPTION_HANDLERS
+from cronbus.api.runs import Runs
+from cronbus.shared.bus import Bus
+from cronbus.shared.history.store import create_engine, migrate
+from cronbus.shared.settings import Settings
+from cronbus.shared.tracing import setup_tracing
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+_STARTUP_TIMEOUT = 30.0
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    bus: Bus,
+    engine: AsyncEngine,
+    stopping: asyncio.Event | None = None,
+    clock: Callable[[], datetime] = _utcnow,
+    revision_wait: float = 5.0,
+) -> Litestar:
+    """The Litestar app over an open bus and engine (the caller owns and closes both)."""
+    history = History(engine)
+    journal = Journal(bus)
+    jobs = Jobs(journal, history, clock=clock, revision_wait=revision_wait)
+    runs = Runs(journal, history)
+    state = State(
+        {
+            "bus": bus,
+            "key_ring": KeyRing(settings.admin_key, history, clock),
+            "stopping": stopping or asyncio.Event(),
+        }
+    )
+    return Litestar(
+        route_handlers=[JobController, RunController, StatusController, HealthController, openapi_json],
+        dependencies={
+            "jobs": Provide(lambda: jobs, sync_to_thread=False),
+            "runs": Provide(lambda: runs, sync_to_thread=False),
+            "history": Provide(lambda: history, sync_to_thread=False),
+        },
+        guards=[authorize],
+        exception_handlers=EXCEPTION_HANDLERS,
+        state=state,
+        openapi_config=OpenAPIConfig(
+            title="cronbus",
+            version="1",
+            description="A distributed cron. Authenticate with `Authorization: Bearer <api key>`.",
+            # The docs UI (Swagger; Scalar at /v1/docs/scalar) is not rooted at /v1 itself because it
+            # answers every unknown path below its root with an HTML page, and /v1 answers problem
+            # details. The schema is at /v1/openapi.json (and /v1/docs/openapi.json).
+            path=DOCS_PATH,
+            render_plugins=[SwaggerRenderPlugin(path="/"), ScalarRenderPlugin(path="/scalar")],
+            components=Components(
+                security_schemes={
+                    "apiKey": SecurityScheme(type="http", scheme="bearer", description="an API key")
+                }
+            ),
+            security=[{"apiKey": []}],
+        ),
+        debug=False,
+        # Logging belongs to the cronbus runtime; Litestar's default would reconfigure the root logger.
+        logging_config=None,
+    )
+
+
+class PortInUse(RuntimeError):
+    """The API port is taken; the message says what to do."""
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on host:port (0 = any free port), or PortInUse."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY on accepted connections only when the
+    # listening socket says TCP, and without it keep-alive responses wait ~40 ms on Nagle.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise PortInUse(
+                f"port {port} on {host} is already in use; pass --api-port 0 (or CRONBUS_API_PORT=0) to pick "
+                "a free port, or stop whatever listens there",
+            ) from None
+        raise
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+async def _until_done(stopping: asyncio.Event, what: str, op: Callable[[], Awaitable[T]]) -> T | None:
+    """`op()` retried with backoff until it succeeds (its result) or `stopping` is set (None).
+
+    At start NATS or the database may not be up yet, and other services migrate the same
+    database at the same moment (alembic cannot run two migrations in one process at once: its
+    context is global), so failures here are waited out, each logged with its reason.
+    """
+    delay = 0.1
+    while not stopping.is_set():
+        attempt = asyncio.ensure_future(op())
+        stop_wait = asyncio.ensure_future(stopping.wait())
+        try:
+            # nats-py keeps retrying a first connect by itself: only `stopping` ends that wait.
+            await asyncio.wait({attempt, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop_wait.cancel()
+            if not attempt.done():
+                attempt.cancel()
+                await asyncio.wait({attempt}, timeout=5.0)
+        if attempt.cancelled():
+            return None
+        try:
+            return attempt.result()
+        except Exception as exc:
+            first_line = str(exc).splitlines()[0] if str(exc) else ""
+            log.warning(
+                "api: %s failed (%s: %s); retrying in %.1fs", what, type(exc).__name__, first_line, delay
+            )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), timeout=delay)
+        delay = min(delay * 2, 5.0)
+    return None
+
+
+async def _migrated(engine: AsyncEngine) -> bool:
+    await migrate(engine)
+    return True
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn without its own signal handling: the cronbus runtime owns SIGTERM/SIGINT."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class ApiService:
+    """Serves the API until asked to stop. `url` is valid once `ready` is set."""
+
+    name = "api"
+
+    def __init__(self, settings: Settings, *, revision_wait: float = 5.0) -> None:
+        self.settings = settings
+        self.revision_wait = revision_wait
+        self.ready = asyncio.Event()
+        self.url = ""
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        settings = self.settings
+        sock = bind_socket(settings.api_host, settings.api_port)
+        try:
+            setup_tracing("api", settings.instance_id)
+            bus = await _until_done(
+                stopping, f"connecting to NATS at {settings.nats_url}", lambda: Bus.open(settings, "api")
+            )
+            if bus is None:
+                return
+            try:
+                engine = create_engine(settings.sql_url)
+                try:
+                    migrated = await _until_done(
+                        stopping, f"migrating {engine.url.render_as_string()}", lambda: _migrated(engine)
+                    )
+                    if not migrated:
+                        return
+                    app = create_app(
+                        settings, bus=bus, engine=engine, stopping=stopping, revision_wait=self.revision_wait
+                    )
+                    await self._serve(app, sock, stopping)
+                finally:
+                    await engine.dispose()
+            finally:
+                await bus.close()
+        finally:
+            sock.close()
+
+    async def _serve(self, app: Litestar, sock: socket.socket, stopping: asyncio.Event) -> None:
+        config = uvicorn.Config(
+            app,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=int(max(1, self.settings.grace_period)),
+        )
+        server = _EmbeddedServer(config)
+        serving = asyncio.create_task(server.serve(sockets=[sock]), name="api-uvicorn")
+        try:
+            deadline = asyncio.get_running_loop().time() + _STARTUP_TIMEOUT
+            while not server.started:
+                if serving.done():
+                    await serving  # it failed to start: raise its error
+                    raise RuntimeError("the API server stopped before it started")
+                if asyncio.get_running_loop().time() > deadline:
+                    raise RuntimeError(f"the API server did not start within {_STARTUP_TIMEOUT:.0f}s")
+                await asyncio.sleep(0.02)
+            host, port = sock.getsockname()[:2]
+            shown = f"[{host}]" if ":" in host else host
+            self.url = f"http://{shown}:{port}"
+            log.info(
+                "api listening on %s (OpenAPI at %s/v1/openapi.json, docs at %s%s)",
+                self.url,
+                self.url,
+                self.url,
+                DOCS_PATH,
+            )
+            self.ready.set()
+            stop_wait = asyncio.create_task(stopping.wait())
+            try:
+                await asyncio.wait({serving, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stop_wait.cancel()
+            if serving.done():
+                await serving
+                if not stopping.is_set():
+                    raise RuntimeError("the API server stopped on its own")
+                return
+        finally:
+            server.should_exit = True
+            if not serving.done():
+                try:
+                    await asyncio.wait_for(asyncio.shield(serving), timeout=self.settings.grace_period + 2)
+                except TimeoutError:
+                    log.warning("api: connections still open after the grace period; closing them")
+                    server.force_exit = True
+                    await asyncio.wait({serving}, timeout=5.0)
+                    if not serving.done():
+                        serving.cancel()
+
+
+def create_service(settings: Settings) -> ApiService:
+    return ApiService(settings)

@@ -1,0 +1,338 @@
+"""HTTP controllers: they translate requests into calls on Jobs/Runs and answers back, and
+nothing else. Each route names the role it needs in `opt`; auth.authorize enforces it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from litestar import Controller, Request, Response, delete, get, patch, post
+from litestar.di import NamedDependency
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
+from litestar.response import ServerSentEvent, ServerSentEventMessage
+from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
+
+from cronbus.api.auth import caller
+from cronbus.api.domain import FieldError, InvalidInput, Role
+from cronbus.api.history import History
+from cronbus.api.jobs import Jobs
+from cronbus.api.problems import PROBLEM_JSON
+from cronbus.api.runs import Runs
+from cronbus.api.schemas import (
+    CancelRequested,
+    Health,
+    JobIn,
+    JobOut,
+    JobPage,
+    JobPatch,
+    Problem,
+    RunAccepted,
+    RunOut,
+    RunPage,
+    StatusOut,
+)
+
+Limit = Annotated[int, QueryParameter(ge=1, le=200, description="items per page (1-200)")]
+PageCursor = Annotated[
+    str | None, QueryParameter(description="the `next` value of the previous page; omit for the first page")
+]
+IfMatch = Annotated[
+    str | None,
+    HeaderParameter(
+        name="If-Match", description='the revision you read (e.g. `3` or `"3"`); 409 if it changed'
+    ),
+]
+RequestId = Annotated[
+    str | None,
+    HeaderParameter(
+        name="Idempotency-Key", description="repeat a request with the same key to dispatch once"
+    ),
+]
+
+_PROBLEM_WHEN = {
+    400: "the body is not JSON",
+    401: "no API key, or a wrong or revoked one",
+    403: "the key's role may not do this",
+    404: "no such job or run",
+    409: "the job changed since the revision named",
+    422: "invalid input: `errors` names each field and reason",
+    503: "NATS or the database is unreachable right now",
+    504: "the history did not reach the revision named in time",
+}
+
+
+def problems(*codes: int) -> dict[int, ResponseSpec]:
+    """OpenAPI entries for the problem details a route can answer (401 and 503 always)."""
+    return {
+        code: ResponseSpec(
+            data_container=Problem,
+            description=_PROBLEM_WHEN[code],
+            media_type=PROBLEM_JSON,
+            generate_examples=False,
+        )
+        for code in sorted({401, 503, *codes})
+    }
+
+
+VIEWER = {"role": Role.viewer}
+OPERATOR = {"role": Role.operator}
+ADMIN = {"role": Role.admin}
+PUBLIC = {"public": True}
+
+# How often a live tail checks for the end of a run, and sends a keep-alive when quiet.
+_TAIL_POLL = 0.25
+_KEEPALIVE_EVERY = 15.0
+
+
+def _revision(value: str | None) -> int | None:
+    if value is None:
+        return None
+    text = value.strip().removeprefix("W/").strip('"')
+    try:
+        return int(text)
+    except ValueError:
+        raise InvalidInput(
+            [FieldError(field="If-Match", reason=f"{value!r} is not a job revision number")]
+        ) from None
+
+
+def _etag(job: JobOut) -> dict[str, str]:
+    return {"ETag": f'"{job.revision}"'}
+
+
+class JobController(Controller):
+    path = "/v1/jobs"
+    tags = ["jobs"]
+
+    @post("/", status_code=201, opt=ADMIN, responses=problems(400, 403, 422), summary="Create a job")
+    async def create(
+        self, request: Request[Any, Any, Any], data: JSONBody[JobIn], jobs: NamedDependency[Jobs]
+    ) -> Response[JobOut]:
+        job = await jobs.create(data, caller(request))
+        return Response(job, status_code=201, headers={"Location": f"/v1/jobs/{job.id}", **_etag(job)})
+
+    @get("/", opt=VIEWER, responses=problems(403, 422), summary="List jobs (oldest first)")
+    async def list_jobs(
+        self, jobs: NamedDependency[Jobs], cursor: PageCursor = None, limit: Limit = 50
+    ) -> JobPage:
+        return await jobs.list(cursor=cursor, limit=limit)
+
+    @get("/{job_id:str}", opt=VIEWER, responses=problems(403, 404, 422, 504), summary="Get a job")
+    async def get_job(
+        self,
+        job_id: FromPath[str],
+        jobs: NamedDependency[Jobs],
+        revision: Annotated[
+            int | None,
+            QueryParameter(ge=1, description="wait (up to 5 s) until the history has this revision"),
+        ] = None,
+    ) -> Response[JobOut]:
+        job = await jobs.get(job_id, revision=revision)
+        return Response(job, headers=_etag(job))
+
+    @patch(
+        "/{job_id:str}",
+        opt=ADMIN,
+        responses=problems(400, 403, 404, 409, 422),
+        summary="Change a job (only the fields given)",
+    )
+    async def update(
+        self,
+        request: Request[Any, Any, Any],
+        job_id: FromPath[str],
+        data: JSONBody[JobPatch],
+        jobs: NamedDependency[Jobs],
+        if_match: IfMatch = None,
+    ) -> Response[JobOut]:
+        job = await jobs.update(job_id, data, caller(request), if_match=_revision(if_match))
+        return Response(job, headers=_etag(job))
+
+    @delete(
+        "/{job_id:str}",
+        opt=ADMIN,
+        responses=problems(403, 404, 409, 422),
+        status_code=HTTP_204_NO_CONTENT,
+        summary="Delete a job",
+    )
+    async def remove(
+        self,
+        request: Request[Any, Any, Any],
+        job_id: FromPath[str],
+        jobs: NamedDependency[Jobs],
+        if_match: IfMatch = None,
+    ) -> None:
+        await jobs.delete(job_id, caller(request), if_match=_revision(if_match))
+
+    @post(
+        "/{job_id:str}/pause",
+        opt=OPERATOR,
+        responses=problems(403, 404, 409, 422),
+        status_code=HTTP_200_OK,
+        summary="Pause a job",
+    )
+    async def pause(
+        self, request: Request[Any, Any, Any], job_id: FromPath[str], jobs: NamedDependency[Jobs]
+    ) -> JobOut:
+        return await jobs.pause(job_id, caller(request))
+
+    @post(
+        "/{job_id:str}/resume",
+        opt=OPERATOR,
+        responses=problems(403, 404, 409, 422),
+        status_code=HTTP_200_OK,
+        summary="Resume a paused job",
+    )
+    async def resume(
+        self, request: Request[Any, Any, Any], job_id: FromPath[str], jobs: NamedDependency[Jobs]
+    ) -> JobOut:
+        return await jobs.resume(job_id, caller(request))
+
+    @get(
+        "/{job_id:str}/runs",
+        opt=VIEWER,
+        responses=problems(403, 404, 422),
+        summary="A job's runs (newest first)",
+    )
+    async def runs(
+        self, job_id: FromPath[str], jobs: NamedDependency[Jobs], cursor: PageCursor = None, limit: Limit = 50
+    ) -> RunPage:
+        return await jobs.runs(job_id, cursor=cursor, limit=limit)
+
+    @post(
+        "/{job_id:str}/runs",
+        opt=OPERATOR,
+        responses=problems(403, 404, 422),
+        status_code=HTTP_202_ACCEPTED,
+        summary="Run a job now",
+    )
+    async def run_now(
+        self,
+        request: Request[Any, Any, Any],
+        job_id: FromPath[str],
+        jobs: NamedDependency[Jobs],
+        idempotency_key: RequestId = None,
+    ) -> Response[RunAccepted]:
+        run = await jobs.run_now(job_id, caller(request), request_id=idempotency_key)
+        return Response(run, status_code=HTTP_202_ACCEPTED, headers={"Location": f"/v1/runs/{run.id}"})
+
+
+class RunController(Controller):
+    path = "/v1/runs"
+    tags = ["runs"]
+
+    @get("/{run_id:str}", opt=VIEWER, responses=problems(403, 404, 422), summary="Get a run")
+    async def get_run(self, run_id: FromPath[str], runs: NamedDependency[Runs]) -> RunOut:
+        return await runs.get(run_id)
+
+    @get(
+        "/{run_id:str}/log",
+        opt=VIEWER,
+        responses=problems(403, 404, 422),
+        media_type="text/plain; charset=utf-8",
+        summary="A run's output",
+    )
+    async def log(
+        self,
+        run_id: FromPath[str],
+        runs: NamedDependency[Runs],
+        attempt: Annotated[
+            int | None, QueryParameter(description="which attempt (default: the latest)")
+        ] = None,
+    ) -> bytes:
+        return await runs.log(run_id, attempt=attempt)
+
+    @get(
+        "/{run_id:str}/log/stream",
+        opt=VIEWER,
+        responses=problems(403, 422),
+        summary="A run's output, live (Server-Sent Events)",
+    )
+    async def stream(
+        self, request: Request[Any, Any, Any], run_id: FromPath[str], runs: NamedDependency[Runs]
+    ) -> ServerSentEvent:
+        chunks = runs.tail(run_id, idle_timeout=_TAIL_POLL)
+        stopping: asyncio.Event = request.app.state.stopping
+        return ServerSentEvent(_events(chunks, stopping))
+
+    @post(
+        "/{run_id:str}/cancel",
+        opt=OPERATOR,
+        responses=problems(403, 404, 422),
+        status_code=HTTP_202_ACCEPTED,
+        summary="Cancel a run",
+    )
+    async def cancel(
+        self, request: Request[Any, Any, Any], run_id: FromPath[str], runs: NamedDependency[Runs]
+    ) -> CancelRequested:
+        return await runs.cancel(run_id, caller(request))
+
+
+async def _events(
+    chunks: AsyncIterator[Any], stopping: asyncio.Event
+) -> AsyncIterator[ServerSentEventMessage]:
+    """SSE messages: `event: output` with the chunk's text, id `<attempt>:<seq>`; `event: end`."""
+    quiet = 0.0
+    try:
+        async for chunk in chunks:
+            if stopping.is_set():
+                break
+            if chunk is None:
+                quiet += _TAIL_POLL
+                if quiet >= _KEEPALIVE_EVERY:
+                    quiet = 0.0
+                    yield ServerSentEventMessage(comment="keep-alive")
+                continue
+            quiet = 0.0
+            yield ServerSentEventMessage(
+                data=chunk.data.decode("utf-8", errors="replace"),
+                event=chunk.stream,
+                id=f"{chunk.attempt}:{chunk.seq}",
+            )
+        yield ServerSentEventMessage(data="", event="end")
+    finally:
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+class StatusController(Controller):
+    path = "/v1/status"
+    tags = ["status"]
+
+    @get("/", opt=VIEWER, responses=problems(403), summary="Scheduler leader and runners")
+    async def status(self, runs: NamedDependency[Runs]) -> StatusOut:
+        return await runs.status()
+
+
+class HealthController(Controller):
+    tags = ["health"]
+
+    @get("/healthz", opt=PUBLIC, summary="Liveness")
+    async def healthz(self) -> Health:
+        return Health(status="ok")
+
+    @get("/readyz", opt=PUBLIC, summary="Readiness: NATS and the history database")
+    async def readyz(
+        self, request: Request[Any, Any, Any], history: NamedDependency[History]
+    ) -> Response[Health]:
+        checks: dict[str, str] = {}
+        nc = request.app.state.bus.nc
+        checks["nats"] = "ok" if nc.is_connected else "disconnected"
+        try:
+            await asyncio.wait_for(history.ping(), timeout=2.0)
+            checks["database"] = "ok"
+        except Exception as exc:
+            checks["database"] = f"error: {type(exc).__name__}"
+        ok = all(v == "ok" for v in checks.values())
+        return Response(
+            Health(status="ok" if ok else "unavailable", checks=checks), status_code=200 if ok else 503
+        )
+
+
+@get("/v1/openapi.json", opt=PUBLIC, include_in_schema=False, media_type="application/vnd.oai.openapi+json")
+async def openapi_json(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    """The OpenAPI document (public, like the docs UI: it holds no data)."""
+    schema: dict[str, Any] = request.app.openapi_schema.to_schema()
+    return schema

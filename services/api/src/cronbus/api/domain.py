@@ -1,0 +1,445 @@
+"""The API's domain: validating job input, folding job events into state, and views.
+
+Pure: no I/O and no clock reads (the current time is passed in). Specific exceptions here
+become problem details at the HTTP edge (problems.py).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import uuid
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from enum import IntEnum
+from functools import lru_cache
+from typing import Any
+
+import msgspec
+
+from cronbus.api.schemas import (
+    CatchupOut,
+    FieldError,
+    HttpExecutorIn,
+    HttpExecutorOut,
+    JobIn,
+    JobOut,
+    JobPatch,
+    RetriesOut,
+    ShellExecutorIn,
+    ShellExecutorOut,
+)
+from cronbus.shared.durations import DurationError, format_duration, parse_duration
+from cronbus.shared.events import (
+    Catchup,
+    HttpExecutor,
+    JobCreated,
+    JobDeleted,
+    JobEvents,
+    JobPaused,
+    JobResumed,
+    JobSpec,
+    JobUpdated,
+    Retries,
+    ShellExecutor,
+)
+from cronbus.shared.names import NameError_, check_token
+from cronbus.shared.schedule import Schedule, ScheduleError
+
+NEXT_FIRES = 5
+
+
+@lru_cache(maxsize=4096)
+def parse_schedule(expression: str, timezone: str) -> Schedule:
+    """Schedule.parse, remembered: it is pure, and parsing costs more than the rest of a view."""
+    return Schedule.parse(expression, timezone)
+
+
+_HTTP_METHOD = re.compile(r"^[A-Z]{3,10}$")
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+
+class InvalidInput(ValueError):
+    """Input that cannot become what was asked for; `errors` name each field and reason."""
+
+    def __init__(self, errors: list[FieldError], detail: str = "") -> None:
+        self.errors = errors
+        self.detail = detail or "; ".join(f"{e.field}: {e.reason}" for e in errors)
+        super().__init__(self.detail)
+
+
+class JobNotFound(LookupError):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"no job with id {job_id!r}; list jobs with GET /v1/jobs")
+        self.job_id = job_id
+
+
+class RunNotFound(LookupError):
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"no run with id {run_id!r}; list a job's runs with GET /v1/jobs/{{id}}/runs")
+        self.run_id = run_id
+
+
+class RevisionConflict(RuntimeError):
+    """The job changed since the revision the client named (or concurrently with this write)."""
+
+    def __init__(self, job_id: str, expected: int | None, current: int | None) -> None:
+        detail = f"job {job_id} is at revision {current}" if current is not None else f"job {job_id} changed"
+        if expected is not None:
+            detail += f", not {expected}"
+        super().__init__(f"{detail}; fetch it again and retry with the current revision")
+        self.current = current
+
+
+class ProjectionBehind(TimeoutError):
+    """The history has not caught up with a revision a read asked for, within the bound."""
+
+    def __init__(self, job_id: str, revision: int, seen: int | None, waited: float) -> None:
+        have = "nothing yet" if seen is None else f"revision {seen}"
+        super().__init__(
+            f"job {job_id} revision {revision} is not in the history after {waited:.0f}s (it has {have}); "
+            "is the logs service running? Retry shortly"
+        )
+
+
+# --- ids ---------------------------------------------------------------------------------------
+
+
+def check_id(kind: str, value: str) -> str:
+    """`value` as a canonical UUID string, or InvalidInput: ids become NATS subject tokens."""
+    try:
+        parsed = uuid.UUID(value)
+    except ValueError:
+        raise InvalidInput(
+            [FieldError(field="id", reason=f"{value!r} is not a {kind} id (a UUID like {uuid.UUID(int=0)})")]
+        ) from None
+    return str(parsed)
+
+
+# --- roles -------------------------------------------------------------------------------------
+
+
+class Role(IntEnum):
+    """Each role may do what the roles below it may do."""
+
+    viewer = 1
+    operator = 2
+    admin = 3
+
+    @classmethod
+    def named(cls, name: str) -> Role | None:
+        return cls.__members__.get(name)
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: `name` goes into events as their `actor`."""
+
+    name: str
+    role: Role
+
+
+# --- job input -> spec -------------------------------------------------------------------------
+
+
+def _duration(errors: list[FieldError], field: str, value: str | float, *, positive: bool = False) -> float:
+    try:
+        # Milliseconds are the API's precision: "12650353ms" must read back as the 12650.353 it
+        # was written from (float arithmetic alone gives 12650.353000000001), or PATCH would drift.
+        seconds = round(parse_duration(value), 3)
+    except DurationError as exc:
+        errors.append(FieldError(field=field, reason=str(exc)))
+        return 0.0
+    if positive and seconds <= 0:
+        errors.append(FieldError(field=field, reason=f"{value!r} must be more than zero, e.g. '10m'"))
+    return seconds
+
+
+def _aware(errors: list[FieldError], field: str, value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        errors.append(
+            FieldError(field=field, reason="give a UTC offset, e.g. '2030-01-31T09:00:00Z' or '...+01:00'")
+        )
+        return None
+    return value.astimezone(UTC)
+
+
+def spec_from_input(job: JobIn) -> JobSpec:
+    """The event form of `job` (durations in seconds), or InvalidInput naming every problem."""
+    errors: list[FieldError] = []
+    name = job.name.strip()
+    if not name:
+        errors.append(FieldError(field="name", reason="empty; give the job a name, e.g. 'backup'"))
+    elif len(name) > 200:
+        errors.append(FieldError(field="name", reason=f"{len(name)} characters; at most 200"))
+    try:
+        parse_schedule(job.schedule, job.timezone)
+    except ScheduleError as exc:
+        errors.append(FieldError(field=exc.field, reason=exc.reason))
+    try:
+        check_token("pool", job.pool)
+    except NameError_ as exc:
+        errors.append(FieldError(field="pool", reason=str(exc)))
+    timeout = None if job.timeout is None else _duration(errors, "timeout", job.timeout, positive=True)
+    window = _duration(errors, "catchup.window", job.catchup.window)
+    backoff = _duration(errors, "retries.backoff", job.retries.backoff)
+    max_backoff = _duration(errors, "retries.max_backoff", job.retries.max_backoff)
+    jitter = _duration(errors, "jitter", job.jitter)
+    if job.retries.max_attempts < 1:
+        errors.append(FieldError(field="retries.max_attempts", reason="must be at least 1 (1 = no retries)"))
+    if job.retries.multiplier < 1:
+        errors.append(FieldError(field="retries.multiplier", reason="must be at least 1 (1 = fixed backoff)"))
+    start_at = _aware(errors, "start_at", job.start_at)
+    end_at = _aware(errors, "end_at", job.end_at)
+    if start_at and end_at and end_at <= start_at:
+        errors.append(FieldError(field="end_at", reason="must be after start_at"))
+    executor = _executor(errors, job.executor)
+    if errors:
+        raise InvalidInput(errors)
+    assert executor is not None
+    return JobSpec(
+        name=name,
+        schedule=" ".join(job.schedule.split()),
+        executor=executor,
+        timezone=job.timezone,
+        pool=job.pool,
+        timeout=timeout,
+        overlap=job.overlap,
+        catchup=Catchup(policy=job.catchup.policy, window=window),
+        retries=Retries(
+            max_attempts=job.retries.max_attempts,
+            backoff=backoff,
+            multiplier=job.retries.multiplier,
+            max_backoff=max_backoff,
+        ),
+        jitter=jitter,
+        start_at=start_at,
+        end_at=end_at,
+        description=job.description,
+        labels=job.labels,
+    )
+
+
+def _executor(
+    errors: list[FieldError], executor: ShellExecutorIn | HttpExecutorIn
+) -> ShellExecutor | HttpExecutor | None:
+    if isinstance(executor, ShellExecutorIn):
+        command = executor.command
+        if (isinstance(command, str) and not command.strip()) or (isinstance(command, list) and not command):
+            errors.append(
+                FieldError(field="executor.command", reason="empty; give a command to run, e.g. 'echo hi'")
+            )
+            return None
+        return ShellExecutor(command=command, env=executor.env, cwd=executor.cwd)
+    ok = True
+    if not executor.url.startswith(("http://", "https://")):
+        errors.append(
+            FieldError(field="executor.url", reason=f"{executor.url!r} must start with http:// or https://")
+        )
+        ok = False
+    method = executor.method.upper()
+    if not _HTTP_METHOD.match(method):
+        errors.append(
+            FieldError(field="executor.method", reason=f"{executor.method!r} is not an HTTP method")
+        )
+        ok = False
+    bad = [s for s in executor.expect_status if not 100 <= s <= 599]
+    if bad:
+        errors.append(FieldError(field="executor.expect_status", reason=f"{bad} are not HTTP status codes"))
+        ok = False
+    if executor.max_body_bytes < 0:
+        errors.append(FieldError(field="executor.max_body_bytes", reason="must be zero or more"))
+        ok = False
+    if not ok:
+        return None
+    return HttpExecutor(
+        url=executor.url,
+        method=method,
+        headers=executor.headers,
+        body=executor.body,
+        expect_status=executor.expect_status,
+        follow_redirects=executor.follow_redirects,
+        max_body_bytes=executor.max_body_bytes,
+    )
+
+
+def input_from_spec(spec: JobSpec) -> dict[str, Any]:
+    """The input form of `spec` (durations as strings): what a PATCH is laid over."""
+    return {
+        "name": spec.name,
+        "schedule": spec.schedule,
+        "executor": msgspec.to_builtins(spec.executor),
+        "timezone": spec.timezone,
+        "pool": spec.pool,
+        "timeout": None if spec.timeout is None else format_duration(spec.timeout),
+        "overlap": spec.overlap,
+        "catchup": {"policy": spec.catchup.policy, "window": format_duration(spec.catchup.window)},
+        "retries": {
+            "max_attempts": spec.retries.max_attempts,
+            "backoff": format_duration(spec.retries.backoff),
+            "multiplier": spec.retries.multiplier,
+            "max_backoff": format_duration(spec.retries.max_backoff),
+        },
+        "jitter": format_duration(spec.jitter),
+        "start_at": spec.start_at,
+        "end_at": spec.end_at,
+        "description": spec.description,
+        "labels": spec.labels,
+    }
+
+
+def patched_spec(spec: JobSpec, patch: JobPatch) -> JobSpec:
+    """`spec` with the fields `patch` gives replaced, validated like a new job."""
+    merged = input_from_spec(spec)
+    changes = msgspec.to_builtins(patch)  # UNSET fields are left out
+    changes.pop("revision", None)
+    merged.update(changes)
+    merged = msgspec.to_builtins(merged)
+    try:
+        job = msgspec.convert(merged, JobIn)
+    except msgspec.ValidationError as exc:
+        raise InvalidInput([FieldError(field="body", reason=str(exc))]) from None
+    return spec_from_input(job)
+
+
+# --- job state ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class JobState:
+    """A job after its events so far."""
+
+    id: str
+    spec: JobSpec
+    revision: int
+    paused: bool
+    deleted: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+def evolve(state: JobState | None, event: JobEvents) -> JobState | None:
+    """The job after `event`. Events for a job that was never created are ignored."""
+    match event:
+        case JobCreated():
+            return JobState(
+                id=event.job_id,
+                spec=event.spec,
+                revision=event.revision,
+                paused=event.paused,
+                deleted=False,
+                created_at=event.occurred_at,
+                updated_at=event.occurred_at,
+            )
+    if state is None:
+        return None
+    state = replace(state, revision=event.revision, updated_at=event.occurred_at)
+    match event:
+        case JobUpdated():
+            return replace(state, spec=event.spec)
+        case JobPaused():
+            return replace(state, paused=True)
+        case JobResumed():
+            return replace(state, paused=False)
+        case JobDeleted():
+            return replace(state, deleted=True)
+    return state
+
+
+def next_fires(spec: JobSpec, now: datetime, n: int = NEXT_FIRES) -> list[datetime]:
+    """The next `n` slots after `now` inside the job's start/end bounds."""
+    try:
+        schedule = parse_schedule(spec.schedule, spec.timezone)
+    except ScheduleError:
+        return []
+    after = max(now, spec.start_at) if spec.start_at else now
+    fires = schedule.next_fires(after, n)
+    if spec.end_at is not None:
+        fires = [f for f in fires if f <= spec.end_at]
+    return fires
+
+
+def job_view(state: JobState, now: datetime) -> JobOut:
+    spec = state.spec
+    executor: ShellExecutorOut | HttpExecutorOut
+    if isinstance(spec.executor, ShellExecutor):
+        executor = ShellExecutorOut(
+            command=spec.executor.command, env=spec.executor.env, cwd=spec.executor.cwd
+        )
+    else:
+        e = spec.executor
+        executor = HttpExecutorOut(
+            url=e.url,
+            method=e.method,
+            headers=e.headers,
+            body=e.body,
+            expect_status=e.expect_status,
+            follow_redirects=e.follow_redirects,
+            max_body_bytes=e.max_body_bytes,
+        )
+    return JobOut(
+        id=state.id,
+        revision=state.revision,
+        name=spec.name,
+        schedule=spec.schedule,
+        timezone=spec.timezone,
+        executor=executor,
+        pool=spec.pool,
+        timeout=None if spec.timeout is None else format_duration(spec.timeout),
+        overlap=spec.overlap,
+        catchup=CatchupOut(policy=spec.catchup.policy, window=format_duration(spec.catchup.window)),
+        retries=RetriesOut(
+            max_attempts=spec.retries.max_attempts,
+            backoff=format_duration(spec.retries.backoff),
+            multiplier=spec.retries.multiplier,
+            max_backoff=format_duration(spec.retries.max_backoff),
+        ),
+        jitter=format_duration(spec.jitter),
+        start_at=spec.start_at,
+        end_at=spec.end_at,
+        description=spec.description,
+        labels=spec.labels,
+        paused=state.paused,
+        created_at=state.created_at,
+        updated_at=state.updated_at,
+        next_fires=[] if state.paused or state.deleted else next_fires(spec, now),
+    )
+
+
+# --- cursors -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """A position in a list: the sort key and id of the last item of the previous page."""
+
+    at: datetime
+    id: str
+
+    def encode(self) -> str:
+        raw = json.dumps([self.at.isoformat(), self.id], separators=(",", ":")).encode()
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, text: str) -> Cursor:
+        try:
+            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+            at, id_ = json.loads(raw)
+            when = datetime.fromisoformat(at)
+            if when.tzinfo is None or not isinstance(id_, str):
+                raise ValueError(text)
+        except (ValueError, TypeError, binascii.Error):
+            raise InvalidInput(
+                [
+                    FieldError(
+                        field="cursor", reason="not a cursor from this API; pass the 'next' value unchanged"
+                    )
+                ]
+            ) from None
+        return cls(at=when, id=id_)

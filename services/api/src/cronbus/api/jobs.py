@@ -1,0 +1,215 @@
+"""Jobs: what the job endpoints do, between HTTP (controllers) and storage (journal, history)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from cronbus.api.domain import (
+    Cursor,
+    JobNotFound,
+    JobState,
+    Principal,
+    ProjectionBehind,
+    RevisionConflict,
+    check_id,
+    evolve,
+    job_view,
+    patched_spec,
+    spec_from_input,
+)
+from cronbus.api.history import History
+from cronbus.api.journal import JobHead, Journal
+from cronbus.api.schemas import JobIn, JobOut, JobPage, JobPatch, RunAccepted, RunPage
+from cronbus.shared.events import (
+    JobCreated,
+    JobDeleted,
+    JobEvent,
+    JobPaused,
+    JobResumed,
+    JobUpdated,
+    RunDispatched,
+    dispatch_msg_id,
+    run_id_for,
+)
+
+Clock = Callable[[], datetime]
+
+# How often a read that names a revision looks again; the projector lands a write in ~50 ms.
+_REVISION_POLL = 0.02
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Jobs:
+    def __init__(
+        self,
+        journal: Journal,
+        history: History,
+        *,
+        clock: Clock = _utcnow,
+        revision_wait: float = 5.0,
+    ) -> None:
+        self.journal = journal
+        self.history = history
+        self.clock = clock
+        self.revision_wait = revision_wait
+
+    # --- reads (the SQL projection) ------------------------------------------------------------
+
+    async def get(self, job_id: str, *, revision: int | None = None) -> JobOut:
+        """The job; with `revision`, wait (bounded) until the history has at least that one."""
+        job_id = check_id("job", job_id)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.revision_wait
+        while True:
+            state = await self.history.job(job_id)
+            if revision is None or (state is not None and state.revision >= revision):
+                break
+            if loop.time() >= deadline:
+                if state is None and await self._absent_from_stream(job_id):
+                    raise JobNotFound(job_id)
+                raise ProjectionBehind(
+                    job_id, revision, None if state is None else state.revision, self.revision_wait
+                )
+            await asyncio.sleep(_REVISION_POLL)
+        if state is None:
+            # Created a moment ago and not projected yet: JOBS is the source of truth.
+            state = (await self.journal.head(job_id)).state
+        if state is None or state.deleted:
+            raise JobNotFound(job_id)
+        return job_view(state, self.clock())
+
+    async def _absent_from_stream(self, job_id: str) -> bool:
+        return (await self.journal.head(job_id)).state is None
+
+    async def list(self, *, cursor: str | None, limit: int) -> JobPage:
+        after = Cursor.decode(cursor) if cursor else None
+        states = await self.history.jobs(after=after, limit=limit + 1)
+        now = self.clock()
+        page = states[:limit]
+        next_cursor = Cursor(at=page[-1].created_at, id=page[-1].id).encode() if len(states) > limit else None
+        return JobPage(items=[job_view(s, now) for s in page], next=next_cursor)
+
+    async def runs(self, job_id: str, *, cursor: str | None, limit: int) -> RunPage:
+        job_id = check_id("job", job_id)
+        before = Cursor.decode(cursor) if cursor else None
+        if (
+            before is None
+            and await self.history.job(job_id) is None
+            and await self._absent_from_stream(job_id)
+        ):
+            raise JobNotFound(job_id)
+        runs = await self.history.runs_of(job_id, before=before, limit=limit + 1)
+        page = runs[:limit]
+        next_cursor = Cursor(at=page[-1].slot, id=page[-1].id).encode() if len(runs) > limit else None
+        return RunPage(items=page, next=next_cursor)
+
+    # --- writes (events on JOBS) ---------------------------------------------------------------
+
+    async def create(self, job: JobIn, by: Principal) -> JobOut:
+        spec = spec_from_input(job)
+        event = JobCreated(
+            job_id=str(uuid.uuid4()), revision=1, actor=by.name, spec=spec, occurred_at=self.clock()
+        )
+        await self.journal.append(event, expected_last_seq=0, current=None)
+        state = evolve(None, event)
+        assert state is not None
+        return job_view(state, self.clock())
+
+    async def update(self, job_id: str, patch: JobPatch, by: Principal, *, if_match: int | None) -> JobOut:
+        head = await self._live_head(job_id)
+        assert head.state is not None
+        expected = patch.revision if isinstance(patch.revision, int) else if_match
+        if expected is not None and expected != head.state.revision:
+            raise RevisionConflict(head.state.id, expected, head.state.revision)
+        spec = patched_spec(head.state.spec, patch)
+        event = JobUpdated(
+            job_id=head.state.id,
+            revision=head.state.revision + 1,
+            actor=by.name,
+            spec=spec,
+            occurred_at=self.clock(),
+        )
+        return await self._append(head, event)
+
+    async def delete(self, job_id: str, by: Principal, *, if_match: int | None) -> None:
+        head = await self._live_head(job_id)
+        assert head.state is not None
+        if if_match is not None and if_match != head.state.revision:
+            raise RevisionConflict(head.state.id, if_match, head.state.revision)
+        await self._append(
+            head,
+            JobDeleted(
+                job_id=head.state.id,
+                revision=head.state.revision + 1,
+                actor=by.name,
+                occurred_at=self.clock(),
+            ),
+        )
+
+    async def pause(self, job_id: str, by: Principal) -> JobOut:
+        head = await self._live_head(job_id)
+        assert head.state is not None
+        if head.state.paused:
+            return job_view(head.state, self.clock())
+        event = JobPaused(
+            job_id=head.state.id, revision=head.state.revision + 1, actor=by.name, occurred_at=self.clock()
+        )
+        return await self._append(head, event)
+
+    async def resume(self, job_id: str, by: Principal) -> JobOut:
+        head = await self._live_head(job_id)
+        assert head.state is not None
+        if not head.state.paused:
+            return job_view(head.state, self.clock())
+        event = JobResumed(
+            job_id=head.state.id, revision=head.state.revision + 1, actor=by.name, occurred_at=self.clock()
+        )
+        return await self._append(head, event)
+
+    async def run_now(self, job_id: str, by: Principal, *, request_id: str | None) -> RunAccepted:
+        """Dispatch one manual run now. The same `request_id` twice dispatches once."""
+        head = await self._live_head(job_id)
+        state = head.state
+        assert state is not None
+        now = self.clock()
+        # Slots are whole milliseconds everywhere (they become dispatch ids).
+        slot = now.replace(microsecond=now.microsecond // 1000 * 1000)
+        run_id = run_id_for(state.id, slot)
+        msg_id = dispatch_msg_id(state.id, slot)
+        if request_id:
+            # A retried request must name the same run: derive both from the request id.
+            run_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"cronbus:manual:{state.id}:{request_id}"))
+            msg_id = f"{state.id}:manual:{request_id}"
+        run = RunDispatched(
+            run_id=run_id,
+            job_id=state.id,
+            slot=slot,
+            pool=state.spec.pool,
+            spec=state.spec,
+            job_revision=state.revision,
+            trigger="manual",
+            dispatched_at=now,
+            scheduler=f"api:{by.name}",
+        )
+        await self.journal.dispatch(run, msg_id)
+        return RunAccepted(id=run_id, job_id=state.id, slot=slot, attempt=1)
+
+    async def _live_head(self, job_id: str) -> JobHead:
+        job_id = check_id("job", job_id)
+        head = await self.journal.head(job_id)
+        if head.state is None or head.state.deleted:
+            raise JobNotFound(job_id)
+        return head
+
+    async def _append(self, head: JobHead, event: JobEvent) -> JobOut:
+        assert head.state is not None
+        await self.journal.append(event, expected_last_seq=head.last_seq, current=head.state.revision)
+        state: JobState | None = evolve(head.state, event)  # type: ignore[arg-type]
+        assert state is not None
+        return job_view(state, self.clock())

@@ -1,0 +1,200 @@
+"""The API's side of NATS: appending job events, dispatching manual runs, cancelling runs,
+reading the status buckets, and tailing a run's output.
+
+The JOBS stream is the source of truth for writes: a write folds the job's events from the
+stream (not from the SQL projection, which may lag) and appends with
+`Nats-Expected-Last-Subject-Sequence`, so two concurrent writers cannot both win.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import msgspec
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.errors import APIError, BucketNotFoundError, KeyNotFoundError, NoKeysError, NotFoundError
+
+from cronbus.api.domain import JobState, RevisionConflict, evolve
+from cronbus.shared.bus import EXPECTED_LAST_SUBJECT_SEQ, MSG_ID, Bus
+from cronbus.shared.events import (
+    JobEvent,
+    LogChunk,
+    MalformedEvent,
+    RunDispatched,
+    RunFinished,
+    decode_job_event,
+    decode_log_chunk,
+    decode_run_event,
+    encode,
+)
+from cronbus.shared.status import (
+    RunnerPresence,
+    SchedulerStatus,
+    decode_runner_presence,
+    decode_scheduler_status,
+)
+from cronbus.shared.tracing import inject_headers, tracer
+
+log = logging.getLogger(__name__)
+_tracer = tracer(__name__)
+
+# JetStream's error code for a failed Nats-Expected-Last-Subject-Sequence check.
+_WRONG_LAST_SEQUENCE = 10071
+
+
+@dataclass(frozen=True, slots=True)
+class JobHead:
+    """A job as its stream says, with the stream sequence of its last event."""
+
+    state: JobState | None
+    last_seq: int
+
+
+class Journal:
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+        self.names = bus.settings.names
+
+    async def head(self, job_id: str) -> JobHead:
+        """Fold the job's events from JOBS (a job has few events; each is one direct lookup)."""
+        stream, subject = self.names.jobs_stream, self.names.job_subject(job_id)
+        state: JobState | None = None
+        seq = 0
+        while True:
+            try:
+                msg = await self.bus.js.get_msg(stream, seq=seq + 1, subject=subject, next=True)
+            except NotFoundError:
+                return JobHead(state=state, last_seq=seq)
+            assert msg.seq is not None
+            seq = msg.seq
+            try:
+                state = evolve(state, decode_job_event(msg.data or b""))
+            except MalformedEvent as exc:
+                log.warning("skipping malformed event %s seq %d: %s", subject, seq, exc)
+
+    async def append(self, event: JobEvent, *, expected_last_seq: int, current: int | None) -> int:
+        """Publish `event` only if the job's last event is still `expected_last_seq`."""
+        attributes: dict[str, str | int] = {
+            "cronbus.job_id": event.job_id,
+            "cronbus.revision": event.revision,
+        }
+        with _tracer.start_as_current_span(f"append {event.__struct_config__.tag}", attributes=attributes):
+            headers = inject_headers({EXPECTED_LAST_SUBJECT_SEQ: str(expected_last_seq)})
+            try:
+                ack = await self.bus.js.publish(
+                    self.names.job_subject(event.job_id), encode(event), headers=headers
+                )
+            except APIError as exc:
+                if exc.err_code == _WRONG_LAST_SEQUENCE:
+                    raise RevisionConflict(event.job_id, None, current) from None
+                raise
+        return ack.seq
+
+    async def dispatch(self, run: RunDispatched, msg_id: str) -> None:
+        attributes = {"cronbus.job_id": run.job_id, "cronbus.run_id": run.run_id}
+        with _tracer.start_as_current_span("dispatch manual run", attributes=attributes):
+            await self.bus.js.publish(
+                self.names.dispatch_subject(run.pool, run.job_id),
+                encode(run),
+                headers=inject_headers({MSG_ID: msg_id}),
+            )
+
+    async def cancel(self, run_id: str, actor: str) -> None:
+        """Ask whichever runner holds `run_id` to kill it (core NATS: nobody listening is fine)."""
+        body = msgspec.json.encode({"run_id": run_id, "actor": actor})
+        with _tracer.start_as_current_span("cancel run", attributes={"cronbus.run_id": run_id}):
+            await self.bus.nc.publish(self.names.cancel_subject(run_id), body, headers=inject_headers())
+            await self.bus.nc.flush(timeout=5)
+
+    async def scheduler_status(self) -> SchedulerStatus | None:
+        try:
+            kv = await self.bus.js.key_value(self.names.scheduler_bucket)
+            entry = await kv.get("status")
+        except (BucketNotFoundError, KeyNotFoundError):
+            return None
+        if not entry.value:
+            return None
+        try:
+            return decode_scheduler_status(entry.value)
+        except msgspec.DecodeError as exc:
+            log.warning("unreadable scheduler status: %s", exc)
+            return None
+
+    async def runners(self) -> list[RunnerPresence]:
+        try:
+            kv = await self.bus.js.key_value(self.names.runners_bucket)
+            keys = await kv.keys()
+        except (BucketNotFoundError, NotFoundError, NoKeysError):
+            return []
+        out: list[RunnerPresence] = []
+        for key in sorted(keys):
+            try:
+                entry = await kv.get(key)
+            except KeyNotFoundError:
+                continue  # it expired between the listing and the read
+            if entry.value:
+                try:
+                    out.append(decode_runner_presence(entry.value))
+                except msgspec.DecodeError as exc:
+                    log.warning("unreadable runner presence %s: %s", key, exc)
+        return out
+
+    async def tail(self, run_id: str, *, idle_timeout: float) -> AsyncIterator[LogChunk | None]:
+        """The run's output chunks from the LOGS stream, replayed then live.
+
+        Yields None when nothing arrived for `idle_timeout` seconds (a chance to send a
+        keep-alive or give up). Stops after the run's final RunFinished once the output
+        published before it has been delivered.
+        """
+        js = self.bus.js
+        logs = await js.subscribe(
+            self.names.log_subject(run_id),
+            ordered_consumer=True,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
+        )
+        events = await js.subscribe(
+            # Any job: a run id alone names the run, and the tail may start before the history has it.
+            self.names.run_subject("*", run_id),
+            ordered_consumer=True,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
+        )
+        finished = False
+        try:
+            while True:
+                if not finished:
+                    finished = await self._drain_finished(events)
+                try:
+                    msg = await logs.next_msg(timeout=idle_timeout)
+                except NatsTimeout:
+                    if finished:
+                        return
+                    yield None
+                    continue
+                try:
+                    yield decode_log_chunk(msg.data)
+                except MalformedEvent as exc:
+                    log.warning("skipping malformed log chunk of run %s: %s", run_id, exc)
+                if finished and msg.metadata.num_pending == 0:
+                    return
+        finally:
+            await logs.unsubscribe()
+            await events.unsubscribe()
+
+    @staticmethod
+    async def _drain_finished(events: JetStreamContext.PushSubscription) -> bool:
+        """Whether a final RunFinished is among the run events received so far."""
+        while True:
+            try:
+                msg = await events.next_msg(timeout=0.001)
+            except NatsTimeout:
+                return False
+            try:
+                event = decode_run_event(msg.data)
+            except MalformedEvent:
+                continue
+            if isinstance(event, RunFinished) and event.final:
+                return True

@@ -1,0 +1,80 @@
+"""Runs: what the run endpoints do (history reads, output, cancellation, live tail)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from cronbus.api.domain import FieldError, InvalidInput, Principal, RunNotFound, check_id
+from cronbus.api.history import History
+from cronbus.api.journal import Journal
+from cronbus.api.schemas import CancelRequested, RunnerOut, RunOut, SchedulerOut, StatusOut
+from cronbus.shared.events import LogChunk
+
+
+class Runs:
+    def __init__(self, journal: Journal, history: History) -> None:
+        self.journal = journal
+        self.history = history
+
+    async def get(self, run_id: str) -> RunOut:
+        run_id = check_id("run", run_id)
+        run = await self.history.run(run_id)
+        if run is None:
+            raise RunNotFound(run_id)
+        return run
+
+    async def log(self, run_id: str, *, attempt: int | None) -> bytes:
+        """An attempt's output (the latest attempt unless one is named)."""
+        run_id = check_id("run", run_id)
+        if attempt is not None and attempt < 1:
+            raise InvalidInput([FieldError(field="attempt", reason="attempts count from 1")])
+        run = await self.history.run(run_id)
+        if attempt is None:
+            attempt = run.attempt if run is not None else await self.history.latest_log_attempt(run_id)
+            if attempt is None:
+                raise RunNotFound(run_id)
+        elif run is None and await self.history.latest_log_attempt(run_id) is None:
+            raise RunNotFound(run_id)
+        return await self.history.log(run_id, attempt)
+
+    async def cancel(self, run_id: str, by: Principal) -> CancelRequested:
+        """Ask the runner to kill the run; the outcome shows up as status `cancelled`."""
+        run = await self.get(run_id)
+        await self.journal.cancel(run.id, by.name)
+        return CancelRequested(id=run.id)
+
+    def tail(self, run_id: str, *, idle_timeout: float) -> AsyncIterator[LogChunk | None]:
+        """The run's output from the LOGS stream: replay, then live until the run finishes."""
+        return self.journal.tail(check_id("run", run_id), idle_timeout=idle_timeout)
+
+    async def status(self) -> StatusOut:
+        scheduler = await self.journal.scheduler_status()
+        runners = await self.journal.runners()
+        return StatusOut(
+            scheduler=None
+            if scheduler is None
+            else SchedulerOut(
+                leader=scheduler.leader,
+                lease_revision=scheduler.lease_revision,
+                jobs=scheduler.jobs,
+                watermark=scheduler.watermark,
+                dispatch_lag_ms=scheduler.dispatch_lag_ms,
+                dispatched_total=scheduler.dispatched_total,
+                updated_at=scheduler.updated_at,
+                schedule_errors=scheduler.schedule_errors,
+            ),
+            runners=[
+                RunnerOut(
+                    id=r.id,
+                    host=r.host,
+                    pid=r.pid,
+                    pools=r.pools,
+                    running=r.running,
+                    capacity=r.capacity,
+                    version=r.version,
+                    started_at=r.started_at,
+                    updated_at=r.updated_at,
+                )
+                for r in runners
+            ],
+        )

@@ -1,0 +1,273 @@
+"""The API's wire format: explicit msgspec Structs, separate from the events.
+
+Input structs forbid unknown fields so a typo is an error instead of a silently ignored
+setting; output structs never do, so clients can read newer answers. Durations are strings
+like "10m" on the wire (numbers of seconds are accepted on input too).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import UNSET, Meta, UnsetType
+
+from cronbus.shared.events import CatchupPolicy, OverlapPolicy
+
+Duration = Annotated[
+    str | float,
+    Meta(description="a duration such as '90s', '10m', '1h30m', '250ms', or a number of seconds"),
+]
+
+
+# --- input -----------------------------------------------------------------------------------
+
+
+class ShellExecutorIn(
+    msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag="shell", tag_field="type"
+):
+    """Runs `command` with /bin/sh -c (a string) or directly (a list of arguments)."""
+
+    command: str | list[str]
+    env: dict[str, str] = {}
+    cwd: str | None = None
+
+
+class HttpExecutorIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag="http", tag_field="type"):
+    """Calls `url`; the run succeeds when the status is in `expect_status` (any 2xx when empty)."""
+
+    url: str
+    method: str = "GET"
+    headers: dict[str, str] = {}
+    body: str | None = None
+    expect_status: list[int] = []
+    follow_redirects: bool = True
+    max_body_bytes: int = 1_048_576
+
+
+ExecutorIn = ShellExecutorIn | HttpExecutorIn
+
+
+class CatchupIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    policy: CatchupPolicy = "latest"
+    window: Duration = "1h"
+
+
+class RetriesIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    max_attempts: int = 1
+    backoff: Duration = "10s"
+    multiplier: float = 2.0
+    max_backoff: Duration = "1h"
+
+
+class JobIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A job to create (`POST /v1/jobs`)."""
+
+    name: str
+    schedule: str
+    executor: ExecutorIn
+    timezone: str = "UTC"
+    pool: str = "default"
+    timeout: Duration | None = None
+    overlap: OverlapPolicy = "allow"
+    catchup: CatchupIn = msgspec.field(default_factory=CatchupIn)
+    retries: RetriesIn = msgspec.field(default_factory=RetriesIn)
+    jitter: Duration = 0.0
+    start_at: datetime | None = None
+    end_at: datetime | None = None
+    description: str = ""
+    labels: dict[str, str] = {}
+
+
+class JobPatch(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A change to a job (`PATCH /v1/jobs/{id}`): only the fields given change.
+
+    `revision`, when given, must be the job's current revision (like `If-Match`).
+    """
+
+    revision: int | UnsetType = UNSET
+    name: str | UnsetType = UNSET
+    schedule: str | UnsetType = UNSET
+    executor: ExecutorIn | UnsetType = UNSET
+    timezone: str | UnsetType = UNSET
+    pool: str | UnsetType = UNSET
+    timeout: Duration | UnsetType | None = UNSET
+    overlap: OverlapPolicy | UnsetType = UNSET
+    catchup: CatchupIn | UnsetType = UNSET
+    retries: RetriesIn | UnsetType = UNSET
+    jitter: Duration | UnsetType = UNSET
+    start_at: datetime | UnsetType | None = UNSET
+    end_at: datetime | UnsetType | None = UNSET
+    description: str | UnsetType = UNSET
+    labels: dict[str, str] | UnsetType = UNSET
+
+
+# --- output ----------------------------------------------------------------------------------
+
+
+class ShellExecutorOut(msgspec.Struct, kw_only=True, tag="shell", tag_field="type"):
+    command: str | list[str]
+    env: dict[str, str]
+    cwd: str | None
+
+
+class HttpExecutorOut(msgspec.Struct, kw_only=True, tag="http", tag_field="type"):
+    url: str
+    method: str
+    headers: dict[str, str]
+    body: str | None
+    expect_status: list[int]
+    follow_redirects: bool
+    max_body_bytes: int
+
+
+class CatchupOut(msgspec.Struct, kw_only=True):
+    policy: CatchupPolicy
+    window: str
+
+
+class RetriesOut(msgspec.Struct, kw_only=True):
+    max_attempts: int
+    backoff: str
+    multiplier: float
+    max_backoff: str
+
+
+class JobOut(msgspec.Struct, kw_only=True):
+    """A job as it is now. `next_fires`: the next five slots (UTC); empty when paused."""
+
+    id: str
+    revision: int
+    name: str
+    schedule: str
+    timezone: str
+    executor: ShellExecutorOut | HttpExecutorOut
+    pool: str
+    timeout: str | None
+    overlap: OverlapPolicy
+    catchup: CatchupOut
+    retries: RetriesOut
+    jitter: str
+    start_at: datetime | None
+    end_at: datetime | None
+    description: str
+    labels: dict[str, str]
+    paused: bool
+    created_at: datetime
+    updated_at: datetime
+    next_fires: list[datetime]
+
+
+class JobPage(msgspec.Struct, kw_only=True):
+    items: list[JobOut]
+    next: str | None = msgspec.field(default=None)
+
+
+class AttemptOut(msgspec.Struct, kw_only=True):
+    attempt: int
+    status: str
+    runner: str | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    exit_code: int | None
+    duration_ms: float | None
+    error: str | None
+
+
+class RunOut(msgspec.Struct, kw_only=True):
+    """A run. `status`: dispatched, running, retrying, succeeded, failed, timed_out, cancelled,
+    lost or skipped. `attempts` is filled on `GET /v1/runs/{id}` only."""
+
+    id: str
+    job_id: str
+    slot: datetime
+    attempt: int
+    status: str
+    trigger: str
+    pool: str
+    runner: str | None
+    dispatched_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    exit_code: int | None
+    duration_ms: float | None
+    lateness_ms: float | None
+    error: str | None
+    cpu_ms: float | None
+    peak_rss_bytes: int | None
+    output_bytes: int
+    truncated: bool
+    attempts: list[AttemptOut] = []
+
+
+class RunPage(msgspec.Struct, kw_only=True):
+    items: list[RunOut]
+    next: str | None = msgspec.field(default=None)
+
+
+class RunAccepted(msgspec.Struct, kw_only=True):
+    """A manual run that was dispatched; follow it at `GET /v1/runs/{id}`."""
+
+    id: str
+    job_id: str
+    slot: datetime
+    attempt: int
+    status: Literal["dispatched"] = "dispatched"
+    trigger: Literal["manual"] = "manual"
+
+
+class CancelRequested(msgspec.Struct, kw_only=True):
+    id: str
+    status: Literal["cancel_requested"] = "cancel_requested"
+
+
+class SchedulerOut(msgspec.Struct, kw_only=True):
+    leader: str
+    lease_revision: int
+    jobs: int
+    watermark: datetime | None
+    dispatch_lag_ms: float
+    dispatched_total: int
+    updated_at: datetime
+    schedule_errors: dict[str, str]
+
+
+class RunnerOut(msgspec.Struct, kw_only=True):
+    id: str
+    host: str
+    pid: int
+    pools: list[str]
+    running: int
+    capacity: int
+    version: str
+    started_at: datetime
+    updated_at: datetime
+
+
+class StatusOut(msgspec.Struct, kw_only=True):
+    """`scheduler` is null when no leader has reported yet."""
+
+    scheduler: SchedulerOut | None
+    runners: list[RunnerOut]
+
+
+class Health(msgspec.Struct, kw_only=True):
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, str] = {}
+
+
+class FieldError(msgspec.Struct, kw_only=True):
+    field: str
+    reason: str
+
+
+class Problem(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """RFC 9457 problem details (`application/problem+json`)."""
+
+    type: str
+    title: str
+    status: int
+    detail: str = ""
+    instance: str = ""
+    errors: list[FieldError] = []

@@ -1,0 +1,216 @@
+"""Runs, their output and live tail, over rows in the real history database and the real bus."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import insert
+
+from cronbus.shared.events import LogChunk, RunFinished, RunStarted, encode
+from cronbus.shared.history.schema import log_chunks, run_attempts, runs
+from cronbus.shared.status import RunnerPresence, SchedulerStatus, encode_status
+from tests.api.conftest import Api
+from tests.api.test_jobs import create
+from tests.support import wait_for
+
+T0 = datetime(2026, 3, 1, 3, 0, tzinfo=UTC)
+
+
+async def add_run(api: Api, job_id: str, slot: datetime, **values: Any) -> str:
+    run_id = str(uuid.uuid4())
+    row = {
+        "id": run_id,
+        "job_id": job_id,
+        "slot": slot,
+        "attempt": 1,
+        "status": "succeeded",
+        "trigger": "schedule",
+        "pool": "default",
+        "runner": "runner-1",
+        "dispatched_at": slot,
+        "started_at": slot + timedelta(milliseconds=20),
+        "finished_at": slot + timedelta(seconds=2),
+        "exit_code": 0,
+        "duration_ms": 1980.0,
+        "output_bytes": 0,
+        "truncated": False,
+    } | values
+    async with api.engine.begin() as conn:
+        await conn.execute(insert(runs).values(**row))
+    return run_id
+
+
+async def add_output(api: Api, run_id: str, attempt: int, parts: list[bytes]) -> None:
+    async with api.engine.begin() as conn:
+        # Inserted out of order: the API must order by seq.
+        for seq in reversed(range(len(parts))):
+            await conn.execute(
+                insert(log_chunks).values(
+                    run_id=run_id, attempt=attempt, seq=seq, stream="stdout", data=parts[seq], at=T0
+                )
+            )
+
+
+async def test_runs_of_a_job_newest_first_paginated(api: Api) -> None:
+    job = await create(api)
+    await api.project_jobs()
+    ids = [await add_run(api, job["id"], T0 + timedelta(hours=i)) for i in range(5)]
+
+    seen: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        params: dict[str, Any] = {"limit": 2} | ({"cursor": cursor} if cursor else {})
+        page = await api.client.get(f"/v1/jobs/{job['id']}/runs", params=params, headers=api.auth())
+        assert page.status_code == 200, page.text
+        seen += page.json()["items"]
+        cursor = page.json()["next"]
+        if cursor is None:
+            break
+    assert [r["id"] for r in seen] == list(reversed(ids))
+    assert seen[0]["slot"] == "2026-03-01T07:00:00Z"
+
+    missing = await api.client.get(f"/v1/jobs/{uuid.uuid4()}/runs", headers=api.auth())
+    assert missing.status_code == 404
+
+
+async def test_get_run(api: Api) -> None:
+    job_id = str(uuid.uuid4())
+    run_id = await add_run(api, job_id, T0, attempt=2, status="failed", exit_code=3, error="exit status 3")
+    async with api.engine.begin() as conn:
+        for attempt in (1, 2):
+            await conn.execute(
+                insert(run_attempts).values(
+                    run_id=run_id, attempt=attempt, status="failed", runner="runner-1", exit_code=3
+                )
+            )
+    response = await api.client.get(f"/v1/runs/{run_id}", headers=api.auth())
+    assert response.status_code == 200, response.text
+    run = response.json()
+    for key in ("id", "job_id", "slot", "attempt", "status", "runner", "dispatched_at", "started_at"):
+        assert key in run
+    assert run["id"] == run_id
+    assert run["job_id"] == job_id
+    assert run["slot"] == "2026-03-01T03:00:00Z"
+    assert run["attempt"] == 2
+    assert run["status"] == "failed"
+    assert run["exit_code"] == 3
+    assert run["duration_ms"] == 1980.0
+    assert run["error"] == "exit status 3"
+    assert [a["attempt"] for a in run["attempts"]] == [1, 2]
+
+    assert (await api.client.get(f"/v1/runs/{uuid.uuid4()}", headers=api.auth())).status_code == 404
+
+
+async def test_log_is_the_latest_attempt_in_order(api: Api) -> None:
+    run_id = await add_run(api, str(uuid.uuid4()), T0, attempt=2)
+    await add_output(api, run_id, 1, [b"first try\n", b"boom\n"])
+    await add_output(api, run_id, 2, [b"hello ", b"w\xc3\xb6rld\n", b"done\n"])
+
+    latest = await api.client.get(f"/v1/runs/{run_id}/log", headers=api.auth())
+    assert latest.status_code == 200
+    assert latest.headers["content-type"].startswith("text/plain")
+    assert latest.content == "hello wörld\ndone\n".encode()
+
+    first = await api.client.get(f"/v1/runs/{run_id}/log", params={"attempt": 1}, headers=api.auth())
+    assert first.text == "first try\nboom\n"
+    none = await api.client.get(f"/v1/runs/{run_id}/log", params={"attempt": 7}, headers=api.auth())
+    assert none.status_code == 200
+    assert none.text == ""
+    assert (await api.client.get(f"/v1/runs/{uuid.uuid4()}/log", headers=api.auth())).status_code == 404
+
+
+async def test_cancel_publishes_on_the_cancel_subject(lite_api: Api) -> None:
+    api = lite_api
+    run_id = await add_run(api, str(uuid.uuid4()), T0, status="running", finished_at=None)
+    received: list[str] = []
+    sub = await api.bus.nc.subscribe(api.settings.names.cancel_subject("*"))
+    try:
+        response = await api.client.post(f"/v1/runs/{run_id}/cancel", headers=api.auth())
+        assert response.status_code == 202, response.text
+        assert response.json() == {"id": run_id, "status": "cancel_requested"}
+        msg = await sub.next_msg(timeout=5)
+        received.append(msg.subject)
+    finally:
+        await sub.unsubscribe()
+    assert received == [api.settings.names.cancel_subject(run_id)]
+
+
+async def test_status_reads_the_scheduler_and_runner_buckets(lite_api: Api) -> None:
+    api = lite_api
+    empty = await api.client.get("/v1/status", headers=api.auth())
+    assert empty.status_code == 200, empty.text
+    assert empty.json() == {"scheduler": None, "runners": []}
+
+    names = api.settings.names
+    now = datetime.now(UTC)
+    scheduler = await api.bus.js.key_value(names.scheduler_bucket)
+    await scheduler.put(
+        "status", encode_status(SchedulerStatus(leader="sched-a", lease_revision=4, jobs=2, updated_at=now))
+    )
+    runners = await api.bus.js.key_value(names.runners_bucket)
+    presence = RunnerPresence(
+        id="runner-1",
+        host="h",
+        pid=1,
+        pools=["default"],
+        running=1,
+        capacity=8,
+        version="0.1.0",
+        started_at=now,
+        updated_at=now,
+    )
+    await runners.put("runner-1", encode_status(presence))
+    status = (await api.client.get("/v1/status", headers=api.auth())).json()
+    assert status["scheduler"]["leader"] == "sched-a"
+    assert status["scheduler"]["jobs"] == 2
+    assert [r["id"] for r in status["runners"]] == ["runner-1"]
+
+
+async def test_live_log_replays_then_follows_until_the_run_finishes(lite_api: Api) -> None:
+    api = lite_api
+    names = api.settings.names
+    job_id, run_id = str(uuid.uuid4()), str(uuid.uuid4())
+
+    async def chunk(seq: int, data: bytes) -> None:
+        event = LogChunk(run_id=run_id, job_id=job_id, slot=T0, seq=seq, data=data)
+        await api.bus.js.publish(names.log_subject(run_id), encode(event))
+
+    await api.bus.js.publish(
+        names.run_subject(job_id, run_id),
+        encode(RunStarted(run_id=run_id, job_id=job_id, slot=T0, runner="runner-1")),
+    )
+    await chunk(0, b"before\n")
+
+    lines: list[str] = []
+    events: list[str] = []
+
+    async def read() -> None:
+        async with api.client.stream("GET", f"/v1/runs/{run_id}/log/stream", headers=api.auth()) as response:
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/event-stream")
+            async for line in response.aiter_lines():
+                if line.startswith("data: "):
+                    lines.append(line[len("data: ") :])
+                elif line.startswith("event: "):
+                    events.append(line[len("event: ") :])
+
+    reader = asyncio.create_task(read())
+    try:
+        await wait_for(lambda: "before" in lines, what="replayed output")
+        await chunk(1, b"live\n")
+        await wait_for(lambda: "live" in lines, what="live output")
+        assert not reader.done()
+        await chunk(2, b"last\n")
+        await api.bus.js.publish(
+            names.run_subject(job_id, run_id),
+            encode(RunFinished(run_id=run_id, job_id=job_id, slot=T0, status="succeeded", exit_code=0)),
+        )
+        await asyncio.wait_for(reader, timeout=10)
+    finally:
+        reader.cancel()
+    assert [line for line in lines if line] == ["before", "live", "last"]
+    assert events[-1] == "end"
+    assert events.count("stdout") == 3
