@@ -111,6 +111,9 @@ class EmbeddedNats:
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
             preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            # Its own process group: a terminal's Ctrl-C reaches us, and we stop the server
+            # after the services have drained, not at the same instant.
+            start_new_session=True,
         )
         ready = asyncio.get_running_loop().create_future()
         self._reader = asyncio.create_task(self._read_log(ready), name="nats-server-log")

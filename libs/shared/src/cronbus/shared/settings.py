@@ -52,6 +52,8 @@ class Settings:
     concurrency: int = 8
     ack_wait: float = 30.0
     heartbeat: float = 5.0
+    # Bytes of output kept per run attempt; the rest is counted, then discarded.
+    output_cap: int = 10 * 1024 * 1024
     # Graceful stop: in-flight work gets this long before it is handed back.
     grace_period: float = 20.0
     # Retention
@@ -60,6 +62,11 @@ class Settings:
     logs_max_age: float = 7 * 86400.0
     logs_max_bytes: int = 1 << 30
     dedupe_window: float = 600.0
+    # SQL history (logs service): finished runs kept per job, finished runs per job that keep
+    # their output, and how often retention runs. 0 keeps everything.
+    history_runs_per_job: int = 1000
+    history_logs_per_job: int = 100
+    history_retention_interval: float = 60.0
 
     @property
     def names(self) -> Names:

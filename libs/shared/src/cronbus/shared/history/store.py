@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import fcntl
 import logging
+import weakref
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from alembic import command
 from alembic.config import Config
@@ -52,12 +55,35 @@ def _upgrade(connection: Connection) -> None:
     command.upgrade(_alembic_config(connection), "head")
 
 
+# Alembic's migration context is process-global: one migration at a time per process
+# (a lock per event loop, since a loop's lock cannot be awaited from another loop).
+_in_process: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
+def _lock_sqlite_file(database: str) -> IO[str]:
+    """Serialise migrations of one SQLite file across processes (PostgreSQL uses an advisory
+    lock). Blocks: call it on a worker thread. Closing the handle releases the lock."""
+    handle = open(f"{database}.migrate-lock", "a")  # noqa: SIM115 - held across awaits, closed below
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    return handle
+
+
 async def migrate(engine: AsyncEngine) -> None:
     """Bring the schema to the newest revision. Idempotent; safe from several services at once."""
-    if engine.url.get_backend_name() == "sqlite" and engine.url.database:
-        Path(engine.url.database).parent.mkdir(parents=True, exist_ok=True)
-    try:
-        async with engine.begin() as conn:
-            await conn.run_sync(_upgrade)
-    except OSError as exc:
-        raise DatabaseUnavailable(f"cannot reach {engine.url.render_as_string()}: {exc}") from exc
+    database = engine.url.database if engine.url.get_backend_name() == "sqlite" else None
+    if database == ":memory:":
+        database = None
+    if database:
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    lock = _in_process.setdefault(asyncio.get_running_loop(), asyncio.Lock())
+    async with lock:
+        try:
+            handle = await asyncio.to_thread(_lock_sqlite_file, database) if database else None
+            try:
+                async with engine.begin() as conn:
+                    await conn.run_sync(_upgrade)
+            finally:
+                if handle is not None:
+                    handle.close()
+        except OSError as exc:
+            raise DatabaseUnavailable(f"cannot reach {engine.url.render_as_string()}: {exc}") from exc
