@@ -38,6 +38,7 @@ class Up:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             env=env,
+            start_new_session=True,  # its own process group, like a shell job
         )  # fmt: skip
         self._up.clear()
         self._reader = asyncio.create_task(self._read())
@@ -59,9 +60,13 @@ class Up:
         assert self.proc is not None
         return psutil.Process(self.proc.pid).children(recursive=True)
 
-    async def stop(self) -> int:
+    async def stop(self, *, ctrl_c: bool = False) -> int:
+        """SIGTERM to the process, or SIGINT to its whole group as a terminal's Ctrl-C sends it."""
         assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
+        if ctrl_c:
+            os.killpg(self.proc.pid, signal.SIGINT)
+        else:
+            self.proc.send_signal(signal.SIGTERM)
         code = await asyncio.wait_for(self.proc.wait(), timeout=60)
         if self._reader:
             await asyncio.wait_for(self._reader, timeout=10)
@@ -137,7 +142,10 @@ async def test_up_runs_jobs_and_keeps_them_across_restart(tmp_path: Path) -> Non
                 what="history kept",
             )
             assert before <= {r["id"] for r in history}
-        assert await up.stop() == 0
+        nats_pids = [p.pid for p in up.children() if "nats-server" in p.name()]
+        assert await up.stop(ctrl_c=True) == 0, "".join(up.output[-40:])
+        for pid in nats_pids:
+            assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     finally:
         up.kill()
 
