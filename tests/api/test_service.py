@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cronbus.api.app import PortInUse
 from cronbus.shared.cli import create_service
+from cronbus.shared.listen import PortInUse
 from cronbus.shared.settings import Settings
 from tests.api.conftest import Api
 from tests.support import wait_for

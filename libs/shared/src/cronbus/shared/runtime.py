@@ -40,6 +40,11 @@ def setup_logging(level: str = "INFO") -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
+class StartupError(RuntimeError):
+    """A service cannot start for a reason its operator can fix (a taken port, say): the
+    message says what to do, so it is logged as one line, without a traceback."""
+
+
 class ServiceFailed(RuntimeError):
     """A service's run() raised before it was asked to stop."""
 
@@ -103,7 +108,10 @@ def _note_finished(
 ) -> None:
     if task.cancelled():
         failed.append(f"{service.name} cancelled")
-    elif (exc := task.exception()) is not None:
+    elif isinstance(exc := task.exception(), StartupError):
+        log.error("%s cannot start: %s", service.name, exc)
+        failed.append(f"{service.name}: {exc}")
+    elif exc is not None:
         log.error("%s failed: %r", service.name, exc, exc_info=exc)
         failed.append(f"{service.name}: {exc}")
     elif not stopping.is_set():

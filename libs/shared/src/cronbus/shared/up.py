@@ -10,18 +10,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import errno
 import json
 import logging
 import os
 import secrets
-import socket
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from cronbus.shared.listen import PortInUse, bind_listener
 from cronbus.shared.natsd import EmbeddedNats, NatsServerError
 from cronbus.shared.runtime import Service, ServiceFailed, run_services, setup_logging
 from cronbus.shared.settings import Settings, SettingsError, build_settings
@@ -30,10 +29,6 @@ log = logging.getLogger("cronbus.up")
 
 STATE_FILE = "cronbus.json"
 DEFAULT_API_PORT = 8080
-
-
-class PortInUse(RuntimeError):
-    pass
 
 
 def load_state(data_dir: Path) -> dict[str, str]:
@@ -62,19 +57,8 @@ def write_state(data_dir: Path, state: dict[str, str]) -> Path:
 
 def check_port(host: str, port: int) -> None:
     """Fail early and clearly when the API port is taken (0 always works)."""
-    if port == 0:
-        return
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise PortInUse(
-                    f"port {port} on {host} is already in use; pass --api-port 0 for a free one, "
-                    "or another port"
-                ) from None
-            raise
+    if port:
+        bind_listener(host, port).close()
 
 
 async def run_up(settings: Settings, stopping: asyncio.Event | None = None) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import socket
 from collections.abc import Awaitable, Callable, Iterator
@@ -36,6 +35,7 @@ from cronbus.api.problems import EXCEPTION_HANDLERS
 from cronbus.api.runs import Runs
 from cronbus.shared.bus import Bus
 from cronbus.shared.history.store import create_engine, migrate
+from cronbus.shared.listen import bind_listener
 from cronbus.shared.settings import Settings
 from cronbus.shared.tracing import setup_tracing
 
@@ -102,32 +102,6 @@ def create_app(
     )
 
 
-class PortInUse(RuntimeError):
-    """The API port is taken; the message says what to do."""
-
-
-def bind_socket(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on host:port (0 = any free port), or PortInUse."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY on accepted connections only when the
-    # listening socket says TCP, and without it keep-alive responses wait ~40 ms on Nagle.
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        if exc.errno == errno.EADDRINUSE:
-            raise PortInUse(
-                f"port {port} on {host} is already in use; pass --api-port 0 (or CRONBUS_API_PORT=0) to pick "
-                "a free port, or stop whatever listens there",
-            ) from None
-        raise
-    sock.listen(2048)
-    sock.setblocking(False)
-    return sock
-
-
 async def _until_done(stopping: asyncio.Event, what: str, op: Callable[[], Awaitable[T]]) -> T | None:
     """`op()` retried with backoff until it succeeds (its result) or `stopping` is set (None).
 
@@ -188,7 +162,7 @@ class ApiService:
 
     async def run(self, stopping: asyncio.Event) -> None:
         settings = self.settings
-        sock = bind_socket(settings.api_host, settings.api_port)
+        sock = bind_listener(settings.api_host, settings.api_port)
         try:
             setup_tracing("api", settings.instance_id)
             bus = await _until_done(
