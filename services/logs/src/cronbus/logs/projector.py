@@ -1,0 +1,303 @@
+"""One stream into the history: a durable pull consumer, batches, one transaction, then acks.
+
+The position committed with the rows (`projector_positions`) is the truth; the consumer's
+own acknowledgement state is only a cache of it. Whenever the projector (re)binds -- at
+start, after a reconnect, after a fetch error, when the consumer has vanished, or when a
+delivery went missing -- it recreates the consumer to deliver from `position + 1`.
+Deliveries then arrive in stream order, which is what makes "skip what is at or below the
+position" safe: a message handed out but lost on a dropped connection is delivered again,
+before anything after it. A lost delivery shows as a gap in the consumer's delivery
+sequence, which every batch is checked for.
+
+One logs instance per prefix: two would recreate each other's consumers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
+from opentelemetry import trace
+
+from cronbus.logs.store import HistoryWriter, Sequenced
+from cronbus.shared.events import (
+    AnyEvent,
+    MalformedEvent,
+    decode_dispatch,
+    decode_job_event,
+    decode_log_chunk,
+    decode_run_event,
+)
+from cronbus.shared.names import Names
+from cronbus.shared.tracing import extract_context, tracer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Feed:
+    """A stream the history is projected from, and how to read its messages."""
+
+    kind: str
+    stream: str
+    subjects: str
+    decode: Callable[[bytes], AnyEvent]
+
+    @property
+    def consumer(self) -> str:
+        return Names.logs_consumer(self.kind)
+
+
+def feeds(names: Names) -> list[Feed]:
+    """The four streams the logs service projects, one durable consumer each."""
+    return [
+        Feed("jobs", names.jobs_stream, names.jobs_all, decode_job_event),
+        Feed("dispatch", names.dispatch_stream, names.dispatch_all, decode_dispatch),
+        Feed("runs", names.runs_stream, names.runs_all, decode_run_event),
+        Feed("logs", names.logs_stream, names.logs_all, decode_log_chunk),
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class Pacing:
+    """Batch size, waits and the bounded backoff a projector uses."""
+
+    batch: int = 256
+    fetch_timeout: float = 1.0
+    # Redelivery is only a safety net (the projector re-binds from its position), so the
+    # wait is long enough that a slow transaction is never delivered twice meanwhile.
+    ack_wait: float = 60.0
+    backoff_first: float = 0.1
+    backoff_max: float = 5.0
+    # Idle fetches between checks that the consumer still exists.
+    idle_checks_every: int = 5
+
+    def backoff(self, failures: int) -> float:
+        return min(self.backoff_max, self.backoff_first * 2 ** max(0, failures - 1))
+
+
+class Projector:
+    """Projects one feed until `stopping` is set; never raises for NATS or database trouble."""
+
+    def __init__(
+        self, feed: Feed, js: JetStreamContext, writer: HistoryWriter, reconnects: Callable[[], int],
+        pacing: Pacing | None = None,
+    ) -> None:  # fmt: skip
+        self.feed = feed
+        self.js = js
+        self.writer = writer
+        self.pacing = pacing or Pacing()
+        self._reconnects = reconnects
+        self._bound_at_reconnects = -1
+        # The consumer's delivery sequence of the last message received since binding.
+        self._delivered = 0
+        self._sub: JetStreamContext.PullSubscription | None = None
+        # Set when the consumer must be recreated from the position before the next fetch.
+        self._stale = True
+        self._tracer = tracer(__name__)
+        # Counters for operators and tests: events written, and consumer (re)creations.
+        self.applied = 0
+        self.binds = 0
+        # Set once the first bind succeeded: the service is ready when all projectors are.
+        self.bound = asyncio.Event()
+
+    async def bind(self) -> None:
+        """(Re)create the durable consumer from the stored position and subscribe to it."""
+        await self._unsubscribe()
+        reconnects = self._reconnects()
+        position = await self.writer.position(self.feed.consumer)
+        try:
+            await self.js.delete_consumer(self.feed.stream, self.feed.consumer)
+        except NotFoundError:
+            pass
+        config = ConsumerConfig(
+            durable_name=self.feed.consumer,
+            description=f"cronbus logs: projects {self.feed.stream} into the SQL history",
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=self.pacing.ack_wait,
+            max_deliver=-1,
+            max_ack_pending=self.pacing.batch * 4,
+            filter_subject=self.feed.subjects,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE if position else DeliverPolicy.ALL,
+            opt_start_seq=position + 1 if position else None,
+        )
+        await self.js.add_consumer(self.feed.stream, config)
+        self._sub = await self.js.pull_subscribe_bind(durable=self.feed.consumer, stream=self.feed.stream)
+        self._stale = False
+        self._bound_at_reconnects = reconnects
+        self._delivered = 0
+        self.binds += 1
+        self.bound.set()
+        log.info("%s: projecting %s from sequence %d", self.feed.consumer, self.feed.stream, position + 1)
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        failures = 0
+        idle = 0
+        while not stopping.is_set():
+            try:
+                if self._stale or self._sub is None or self._bound_at_reconnects != self._reconnects():
+                    await self.bind()
+                assert self._sub is not None
+                try:
+                    msgs = await self._sub.fetch(self.pacing.batch, timeout=self.pacing.fetch_timeout)
+                except TimeoutError:
+                    failures = 0
+                    idle += 1
+                    if idle % self.pacing.idle_checks_every == 0:
+                        await self._check_consumer()
+                    continue
+                if not msgs:
+                    # nats-py can return an empty batch instead of raising a timeout.
+                    continue
+                if not self._contiguous(msgs):
+                    self._stale = True
+                    continue
+                idle = 0
+                await self._project(msgs, stopping)
+                failures = 0
+            except Exception as exc:
+                failures += 1
+                delay = self.pacing.backoff(failures)
+                log.warning("%s: %s; binding again in %.1fs", self.feed.consumer, brief(exc), delay)
+                self._stale = True
+                await _pause(stopping, delay)
+        await self._unsubscribe()
+
+    def _contiguous(self, msgs: Sequence[Msg]) -> bool:
+        """Whether `msgs` follow the last delivery without a gap, and no reconnect came between.
+
+        Otherwise something was delivered and lost (a dropped connection, a dropped slow
+        consumer); applying what came after it would move the position past it for good.
+        """
+        if self._bound_at_reconnects != self._reconnects():
+            log.info(
+                "%s: reconnected during a fetch; binding again from the stored position", self.feed.consumer
+            )
+            return False
+        for msg in msgs:
+            delivered = msg.metadata.sequence.consumer
+            if delivered != self._delivered + 1:
+                log.warning(
+                    "%s: delivery %d came after %d, so one went missing; binding again from the position",
+                    self.feed.consumer, delivered, self._delivered,
+                )  # fmt: skip
+                return False
+            self._delivered = delivered
+        return True
+
+    async def _check_consumer(self) -> None:
+        try:
+            await self.js.consumer_info(self.feed.stream, self.feed.consumer)
+        except NotFoundError:
+            log.warning("%s: the consumer is gone; creating it again from the stored position",
+                        self.feed.consumer)  # fmt: skip
+            self._stale = True
+
+    async def _project(self, msgs: Sequence[Msg], stopping: asyncio.Event) -> None:
+        """Apply one fetched batch until it is durable, then ack it (and terminate bad messages)."""
+        events: list[Sequenced] = []
+        malformed: set[int] = set()
+        last_seq = 0
+        for msg in msgs:
+            seq = msg.metadata.sequence.stream
+            last_seq = max(last_seq, seq)
+            try:
+                events.append(Sequenced(seq, self.feed.decode(msg.data)))
+            except MalformedEvent as exc:
+                log.error(
+                    "%s: terminating malformed message %s seq %d (subject %s): %s",
+                    self.feed.consumer, self.feed.stream, seq, msg.subject, exc,
+                )  # fmt: skip
+                malformed.add(seq)
+        first_seq = msgs[0].metadata.sequence.stream
+        failures = 0
+        while True:
+            try:
+                with self._tracer.start_as_current_span(
+                    f"logs.project {self.feed.kind}",
+                    links=_links(msgs),
+                    attributes={
+                        "messaging.batch.message_count": len(msgs),
+                        "cronbus.consumer": self.feed.consumer,
+                    },
+                ):
+                    self.applied += await self.writer.apply(self.feed.consumer, events, last_seq)
+                break
+            except Exception as exc:
+                failures += 1
+                if stopping.is_set():
+                    log.warning(
+                        "%s: stopping with seq %d-%d not written (%s); they are delivered again next time",
+                        self.feed.consumer, first_seq, last_seq, brief(exc),
+                    )  # fmt: skip
+                    self._stale = True
+                    return
+                delay = self.pacing.backoff(failures)
+                log.warning(
+                    "%s: cannot write seq %d-%d to the history (%s); retrying in %.1fs",
+                    self.feed.consumer, first_seq, last_seq, brief(exc), delay,
+                )  # fmt: skip
+                await _keep_in_flight(msgs)
+                await _pause(stopping, delay)
+        for msg in msgs:
+            try:
+                if msg.metadata.sequence.stream in malformed:
+                    await msg.term()
+                else:
+                    await msg.ack()
+            except Exception as exc:
+                # Already durable: a lost ack only means a redelivery, which is skipped.
+                log.info(
+                    "%s: ack of seq %d failed: %s", self.feed.consumer, msg.metadata.sequence.stream, exc
+                )
+
+    async def _unsubscribe(self) -> None:
+        sub, self._sub = self._sub, None
+        if sub is None:
+            return
+        try:
+            await sub.unsubscribe()
+        except Exception as exc:
+            log.debug("%s: unsubscribe failed: %s", self.feed.consumer, exc)
+
+
+def brief(exc: BaseException) -> str:
+    """An error in one line: its type and the first line of its message (drivers add pages)."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+async def _keep_in_flight(msgs: Sequence[Msg]) -> None:
+    """Tell the server the batch is still being worked on, so it is not redelivered meanwhile."""
+    for msg in msgs:
+        try:
+            await msg.in_progress()
+        except Exception:
+            # NATS is away too; the batch is re-bound from the position if it comes to that.
+            return
+
+
+async def _pause(stopping: asyncio.Event, delay: float) -> None:
+    """Sleep `delay` seconds, or less when asked to stop."""
+    try:
+        await asyncio.wait_for(stopping.wait(), timeout=delay)
+    except TimeoutError:
+        pass
+
+
+def _links(msgs: Sequence[Msg]) -> list[trace.Link]:
+    """A link to the trace of every message that carries one (a batch has many parents)."""
+    links = []
+    for msg in msgs:
+        if not msg.headers:
+            continue
+        ctx = trace.get_current_span(extract_context(msg.headers)).get_span_context()
+        if ctx.is_valid:
+            links.append(trace.Link(ctx))
+    return links

@@ -1,0 +1,371 @@
+"""Writing the history: one transaction per batch, with the projector's position in it.
+
+`HistoryWriter.apply` is the projector's only way into SQL. It reads the consumer's stored
+position, applies the events after it, and moves the position forward, all in one
+transaction, so a batch is either wholly in the history (and may then be acked) or not at
+all (and will be delivered again). Every statement is an upsert that is safe to repeat.
+
+Run events need no order (see `precedence`): each table gets ONE upsert statement for every
+kind of run event, built once, in which a column an event does not speak about is NULL and
+NULL means "no news". A batch is then written table by table, rows sorted by run id, as
+executemany rounds with at most one row per key. Sorted, single-pass writes also mean the
+DISPATCH and RUNS projectors, which write the same `runs` rows, take row locks in the same
+order and cannot deadlock on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from sqlalchemy import ColumnElement, Insert, Table, case, func, literal, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from cronbus.logs import precedence
+from cronbus.shared.events import (
+    AnyEvent,
+    JobCreated,
+    JobDeleted,
+    JobEvents,
+    JobPaused,
+    JobResumed,
+    JobUpdated,
+    LogChunk,
+    RunDispatched,
+    RunFinished,
+    RunStarted,
+    utcnow,
+)
+from cronbus.shared.history.schema import jobs, log_chunks, projector_positions, run_attempts, runs
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Sequenced:
+    """An event and the stream sequence it was stored at."""
+
+    seq: int
+    event: AnyEvent
+
+
+@dataclass(frozen=True, slots=True)
+class _Row:
+    """One row for one of the run upserts: its conflict key, and its values."""
+
+    key: tuple[Any, ...]
+    values: dict[str, Any]
+
+
+class HistoryWriter:
+    """Applies batches of events to the history database.
+
+    SQLite allows one writer at a time and fails, rather than waits, when a read transaction
+    tries to become a write transaction behind another writer; the projectors of one process
+    therefore take turns through `writing()`. PostgreSQL needs no such turn-taking.
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._dialect = engine.dialect.name
+        self._turn: asyncio.Lock | None = asyncio.Lock() if self._dialect == "sqlite" else None
+        # In write order: runs first (the row both run projectors share), then attempts, output.
+        self._run_upserts: list[tuple[Table, Insert]] = [
+            (runs, self._runs_upsert()),
+            (run_attempts, self._attempts_upsert()),
+            (
+                log_chunks,
+                self.insert(log_chunks).on_conflict_do_nothing(index_elements=["run_id", "attempt", "seq"]),
+            ),
+        ]
+
+    @contextlib.asynccontextmanager
+    async def writing(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction, committed when the block exits without an exception."""
+        if self._turn is None:
+            async with self.engine.begin() as conn:
+                yield conn
+            return
+        async with self._turn, self.engine.begin() as conn:
+            yield conn
+
+    def insert(self, table: Table) -> Any:
+        """The dialect's INSERT, which knows ON CONFLICT."""
+        if self._dialect == "postgresql":
+            return postgresql.insert(table)
+        if self._dialect == "sqlite":
+            return sqlite.insert(table)
+        raise RuntimeError(f"the history store supports PostgreSQL and SQLite, not {self._dialect}")
+
+    async def position(self, consumer: str) -> int:
+        """The last stream sequence `consumer` applied (0 when it has applied nothing)."""
+        async with self.engine.connect() as conn:
+            return await _position(conn, consumer)
+
+    async def apply(self, consumer: str, events: Sequence[Sequenced], last_seq: int) -> int:
+        """Apply the events after `consumer`'s position and move it to `last_seq`, atomically.
+
+        `last_seq` covers messages that carried no event (malformed ones), so the position
+        still advances past them. Returns how many events were applied (not skipped).
+        """
+        async with self.writing() as conn:
+            done = await _position(conn, consumer)
+            fresh = [e.event for e in events if e.seq > done]
+            for event in fresh:
+                # Job events do not commute: they are applied one by one, in stream order.
+                if isinstance(event, JobEvents):
+                    await self._apply_job(conn, event)
+            rows = _run_rows(fresh)
+            for table, upsert in self._run_upserts:
+                for round_ in _rounds(rows[table.name]):
+                    await conn.execute(upsert, round_)
+            await self._save_position(conn, consumer, max(done, last_seq))
+        return len(fresh)
+
+    # --- jobs: one stream, applied in order; the revision guards against going backwards ---
+
+    async def _apply_job(self, conn: AsyncConnection, event: JobEvents) -> None:
+        at = event.occurred_at
+        if isinstance(event, JobCreated):
+            values = {
+                "id": event.job_id,
+                "name": event.spec.name,
+                "spec": msgspec.to_builtins(event.spec),
+                "revision": event.revision,
+                "paused": event.paused,
+                "deleted": False,
+                "created_at": at,
+                "updated_at": at,
+            }
+            stmt = self.insert(jobs).values(**values)
+            await conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["id"],
+                    set_={k: stmt.excluded[k] for k in values if k != "id"},
+                    where=jobs.c.revision <= stmt.excluded.revision,
+                )
+            )
+            return
+        changes: dict[str, Any] = {"revision": event.revision, "updated_at": at}
+        match event:
+            case JobUpdated():
+                changes |= {"name": event.spec.name, "spec": msgspec.to_builtins(event.spec)}
+            case JobDeleted():
+                changes["deleted"] = True
+            case JobPaused():
+                changes["paused"] = True
+            case JobResumed():
+                changes["paused"] = False
+        result = await conn.execute(
+            update(jobs).where(jobs.c.id == event.job_id, jobs.c.revision <= event.revision).values(**changes)
+        )
+        if result.rowcount == 0:
+            log.info(
+                "%s for job %s revision %d changed nothing (job unknown or at a newer revision)",
+                event.__struct_config__.tag,
+                event.job_id,
+                event.revision,
+            )
+
+    # --- run events: one order-independent upsert per table (see precedence) ---
+
+    def _runs_upsert(self) -> Insert:
+        stmt = self.insert(runs)
+        new = stmt.excluded
+        newer = new.attempt > runs.c.attempt
+        same = new.attempt == runs.c.attempt
+        # Only run.dispatched carries a dispatch time; the others leave the run's columns alone.
+        dispatch = new.dispatched_at.is_not(None)
+        set_: dict[str, Any] = {
+            "attempt": case((newer, new.attempt), else_=runs.c.attempt),
+            "status": case(
+                (_progress(new.status, new.attempt) > _progress(runs.c.status, runs.c.attempt), new.status),
+                else_=runs.c.status,
+            ),
+        }
+        for name in ("job_id", "slot", *precedence.DISPATCH_COLUMNS):
+            set_[name] = case((dispatch, new[name]), else_=runs.c[name])
+        for name in precedence.ATTEMPT_COLUMNS:
+            current = runs.c[name]
+            if name == "runner":
+                # run.started names the runner; run.finished's only fills a gap.
+                merged: ColumnElement[Any] = case(
+                    (new.status == precedence.RUNNING, func.coalesce(new.runner, current)),
+                    else_=func.coalesce(current, new.runner),
+                )
+            elif name == "output_bytes":
+                merged = case((new.output_bytes > current, new.output_bytes), else_=current)
+            elif name == "truncated":
+                merged = new.truncated | current
+            else:
+                merged = func.coalesce(new[name], current)
+            # A newer attempt starts afresh: what its event did not say is NULL (or 0/False).
+            set_[name] = case((newer, new[name]), (same, merged), else_=current)
+        return stmt.on_conflict_do_update(index_elements=["id"], set_=set_)
+
+    def _attempts_upsert(self) -> Insert:
+        stmt = self.insert(run_attempts)
+        new = stmt.excluded
+        current = run_attempts.c
+        started = new.status == precedence.RUNNING
+        set_: dict[str, Any] = {
+            "status": case((started, current.status), else_=new.status),
+            "runner": case((started, func.coalesce(new.runner, current.runner)),
+                           else_=func.coalesce(current.runner, new.runner)),
+            "started_at": func.coalesce(new.started_at, current.started_at),
+        }  # fmt: skip
+        for name in ("finished_at", "exit_code", "duration_ms", "error"):
+            set_[name] = case((started, current[name]), else_=new[name])
+        return stmt.on_conflict_do_update(index_elements=["run_id", "attempt"], set_=set_)
+
+    async def _save_position(self, conn: AsyncConnection, consumer: str, seq: int) -> None:
+        stmt = self.insert(projector_positions).values(consumer=consumer, stream_seq=seq, updated_at=utcnow())
+        new = stmt.excluded
+        await conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["consumer"],
+                set_={
+                    "stream_seq": case(
+                        (new.stream_seq > projector_positions.c.stream_seq, new.stream_seq),
+                        else_=projector_positions.c.stream_seq,
+                    ),
+                    "updated_at": new.updated_at,
+                },
+            )
+        )
+
+
+async def _position(conn: AsyncConnection, consumer: str) -> int:
+    seq = await conn.scalar(
+        select(projector_positions.c.stream_seq).where(projector_positions.c.consumer == consumer)
+    )
+    return int(seq or 0)
+
+
+def _progress(status: ColumnElement[Any], attempt: ColumnElement[Any]) -> ColumnElement[int]:
+    """precedence.progress() as SQL, for the row's and the incoming status."""
+    phase = case(
+        *((status == name, literal(precedence.phase(name))) for name in _NAMED_PHASES),
+        else_=literal(precedence.FINAL_PHASE),
+    )
+    return attempt * precedence.PHASES + phase
+
+
+_NAMED_PHASES = (precedence.DISPATCHED, precedence.RUNNING, precedence.RETRYING)
+
+
+def _run_rows(events: Iterable[AnyEvent]) -> dict[str, list[_Row]]:
+    """The rows the run events of a batch write, per table, sorted by key."""
+    out: dict[str, list[_Row]] = {runs.name: [], run_attempts.name: [], log_chunks.name: []}
+    for event in events:
+        match event:
+            case RunDispatched() | RunStarted() | RunFinished():
+                out[runs.name].append(_Row((event.run_id,), _runs_values(event)))
+                if not isinstance(event, RunDispatched):
+                    out[run_attempts.name].append(
+                        _Row((event.run_id, event.attempt), _attempts_values(event))
+                    )
+            case LogChunk():
+                values = {
+                    "run_id": event.run_id,
+                    "attempt": event.attempt,
+                    "seq": event.seq,
+                    "stream": event.stream,
+                    "data": event.data,
+                    "at": event.occurred_at,
+                }
+                out[log_chunks.name].append(_Row((event.run_id, event.attempt, event.seq), values))
+    for rows in out.values():
+        rows.sort(key=lambda row: row.key)
+    return out
+
+
+def _rounds(rows: list[_Row]) -> Iterable[list[dict[str, Any]]]:
+    """`rows` (sorted by key) cut into executemany rounds with at most one row per key, since
+    one statement may not upsert the same row twice. Most batches are a single round."""
+    pending = rows
+    while pending:
+        this: list[dict[str, Any]] = []
+        later: list[_Row] = []
+        last: tuple[Any, ...] | None = None
+        for row in pending:
+            if row.key == last:
+                later.append(row)
+            else:
+                this.append(row.values)
+                last = row.key
+        yield this
+        pending = later
+
+
+def _runs_values(event: RunDispatched | RunStarted | RunFinished) -> dict[str, Any]:
+    """A full `runs` row for one event; NULL where the event has nothing to say."""
+    values: dict[str, Any] = {
+        "id": event.run_id,
+        "job_id": event.job_id,
+        "slot": event.slot,
+        "attempt": event.attempt,
+        # Placeholders for a row created before its run.dispatched is projected.
+        "trigger": "schedule",
+        "pool": "default",
+        "dispatched_at": None,
+        "lateness_ms": None,
+        **precedence.ATTEMPT_COLUMNS,
+    }
+    match event:
+        case RunDispatched():
+            values |= {
+                "status": precedence.DISPATCHED,
+                "pool": event.pool,
+                "trigger": event.trigger,
+                "dispatched_at": event.dispatched_at,
+                "lateness_ms": event.lateness_ms,
+            }
+        case RunStarted():
+            values |= {"status": precedence.RUNNING, "runner": event.runner, "started_at": event.occurred_at}
+        case RunFinished():
+            values |= {
+                "status": precedence.finished_status(event.status, event.final),
+                "runner": event.runner or None,
+                "finished_at": event.occurred_at,
+                "exit_code": event.exit_code,
+                "duration_ms": event.duration_ms,
+                "error": event.error or None,
+                "cpu_ms": event.cpu_ms,
+                "peak_rss_bytes": event.peak_rss_bytes,
+                "output_bytes": event.output_bytes,
+                "truncated": event.truncated,
+            }
+    return values
+
+
+def _attempts_values(event: RunStarted | RunFinished) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        "run_id": event.run_id,
+        "attempt": event.attempt,
+        "status": precedence.RUNNING,
+        "runner": None,
+        "started_at": None,
+        "finished_at": None,
+        "exit_code": None,
+        "duration_ms": None,
+        "error": None,
+    }
+    if isinstance(event, RunStarted):
+        values |= {"runner": event.runner, "started_at": event.occurred_at}
+    else:
+        values |= {
+            "status": event.status,
+            "runner": event.runner or None,
+            "finished_at": event.occurred_at,
+            "exit_code": event.exit_code,
+            "duration_ms": event.duration_ms,
+            "error": event.error or None,
+        }
+    return values
