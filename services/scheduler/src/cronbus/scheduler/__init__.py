@@ -1,0 +1,1 @@
+"""cronbus scheduler: keeps schedules, holds the primacy lease, dispatches each slot once."""

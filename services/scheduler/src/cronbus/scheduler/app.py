@@ -1,0 +1,316 @@
+"""The scheduler service: the composition root.
+
+Every replica replays and follows JOBS (hot standby). The replica holding the lease leads: on
+taking over it reads the watermark and recent DISPATCH history, queues what its predecessor
+left undone under each job's catch-up policy, and from then on pops due slots off the heap and
+publishes them. About once a second the leader persists the watermark and its status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Coroutine
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+from nats.js.errors import KeyNotFoundError
+from nats.js.kv import KeyValue
+
+from cronbus.scheduler.dispatch import Dispatcher
+from cronbus.scheduler.domain import DEFAULT_GRACE, Fence, Timetable, to_datetime, watermark_of
+from cronbus.scheduler.feed import JobFeed
+from cronbus.scheduler.history import dispatched_since
+from cronbus.scheduler.lease import Lease
+from cronbus.shared.bus import Bus
+from cronbus.shared.events import JobEvents
+from cronbus.shared.settings import Settings
+from cronbus.shared.status import SchedulerStatus, encode_status
+from cronbus.shared.tracing import setup_tracing
+
+log = logging.getLogger(__name__)
+
+WATERMARK_KEY = "watermark"
+STATUS_KEY = "status"
+# How often the leader persists the watermark and its status.
+STATE_INTERVAL = 1.0
+# DISPATCH is read from this long before the watermark (clock differences between replicas).
+HISTORY_MARGIN = 10.0
+
+
+class Watermark(msgspec.Struct, kw_only=True):
+    """Every slot at or before `at` is dispatched (or deliberately skipped)."""
+
+    at: datetime
+    leader: str = ""
+
+
+_watermark_decoder = msgspec.json.Decoder(Watermark)
+
+
+class SchedulerService:
+    name = "scheduler"
+
+    def __init__(self, settings: Settings, *, grace: float = DEFAULT_GRACE) -> None:
+        self.settings = settings
+        self.ready = asyncio.Event()
+        self.timetable = Timetable(grace=grace)
+        self.fence = Fence(ttl=settings.lease_ttl, margin=settings.lease_margin)
+        # Standbys try to take the lease this often; failover is about TTL + this.
+        self.poll_interval = min(0.25, settings.lease_renew)
+        self.leading = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._dispatcher: Dispatcher | None = None
+        self._processed_until = 0.0
+        self._lease: Lease | None = None
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        setup_tracing("scheduler", self.settings.instance_id)
+        bus = await self._open(stopping)
+        if bus is None:
+            return
+        names = self.settings.names
+        tasks: list[asyncio.Task[None]] = []
+        state_kv: KeyValue | None = None
+        try:
+            leader_kv = await bus.js.key_value(names.leader_bucket)
+            state_kv = await bus.js.key_value(names.scheduler_bucket)
+            self._lease = Lease(
+                leader_kv, self.settings.instance_id, self.fence, timeout=self.settings.lease_renew
+            )
+            feed = JobFeed(bus.js, names, self._on_event)
+
+            def spawn(coro: Coroutine[Any, Any, None], name: str) -> None:
+                tasks.append(asyncio.create_task(coro, name=f"scheduler-{name}"))
+
+            spawn(feed.run(stopping), "feed")
+            spawn(self._primacy(bus, feed, stopping), "primacy")
+            spawn(self._dispatch_loop(stopping), "dispatch")
+            spawn(self._state_loop(state_kv, stopping), "state")
+            await self._until(feed.caught_up, stopping, tasks)
+            self.ready.set()
+            log.info("scheduler %s ready with %d jobs", self.settings.instance_id, len(self.timetable.jobs))
+            await self._until(stopping, stopping, tasks)
+        finally:
+            await self._stop(tasks, state_kv)
+            await bus.close()
+
+    async def _open(self, stopping: asyncio.Event) -> Bus | None:
+        """Connect and bootstrap, retrying while NATS is not there yet."""
+        while not stopping.is_set():
+            try:
+                return await Bus.open(self.settings, "scheduler")
+            except Exception as exc:
+                log.warning("cannot open NATS at %s (%r); retrying", self.settings.nats_url, exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), timeout=1.0)
+        return None
+
+    @staticmethod
+    async def _until(event: asyncio.Event, stopping: asyncio.Event, tasks: list[asyncio.Task[None]]) -> None:
+        """Wait for `event` (or stopping); a background task that dies is an error."""
+        while not (event.is_set() or stopping.is_set()):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), timeout=0.5)
+            for task in tasks:
+                if task.done() and not task.cancelled() and task.exception() is not None:
+                    raise RuntimeError(f"{task.get_name()} failed") from task.exception()
+
+    async def _stop(self, tasks: list[asyncio.Task[None]], state_kv: KeyValue | None) -> None:
+        """Stop dispatching, let publishes in flight finish, persist the watermark, release."""
+        self.leading.clear()
+        self._wake.set()
+        dispatcher = self._dispatcher
+        if dispatcher is not None:
+            await dispatcher.drain(self.settings.grace_period)
+            if state_kv is not None and self.fence.allows(time.monotonic()):
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self._write_state(state_kv), timeout=1.0)
+        if self._lease is not None:
+            await self._lease.release()
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=5.0)
+
+    # --- jobs -------------------------------------------------------------------------------
+
+    def _on_event(self, event: JobEvents) -> None:
+        self.timetable.apply(event, time.time())
+        if self.timetable.leading:
+            self._wake.set()
+
+    # --- primacy ----------------------------------------------------------------------------
+
+    async def _primacy(self, bus: Bus, feed: JobFeed, stopping: asyncio.Event) -> None:
+        """Acquire the lease when free, renew it while held, take over and step down."""
+        lease = self._lease
+        assert lease is not None
+        while not stopping.is_set():
+            try:
+                if not lease.held:
+                    if feed.caught_up.is_set() and await lease.acquire():
+                        await self._take_over(bus)
+                        continue
+                    interval = self.poll_interval
+                else:
+                    if not await lease.renew():
+                        self._step_down()
+                    interval = self.settings.lease_renew
+            except Exception as exc:
+                log.warning("lease %s: %r", "renewal" if lease.held else "acquisition", exc)
+                interval = min(self.poll_interval, self.settings.lease_renew)
+            if lease.held and (
+                not self.fence.allows(time.monotonic())
+                or (self._dispatcher is not None and self._dispatcher.fenced)
+            ):
+                # Renewals failed until the fence closed: this term is over. The key expires
+                # with its TTL and whoever takes it next (perhaps us) starts from the watermark.
+                lease.lose("no renewal confirmed before the fence closed")
+                self._step_down()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), timeout=interval)
+
+    async def _take_over(self, bus: Bus) -> None:
+        lease = self._lease
+        assert lease is not None
+        started = time.monotonic()
+        try:
+            watermark = await self._read_watermark(bus)
+            now = time.time()
+            if watermark is None:
+                # A fresh installation: nothing was ever due. Persist that at once, so a
+                # successor of a leader that dies in its first second starts from here.
+                watermark = now
+                await self._put_watermark(bus, watermark)
+            dispatched = await dispatched_since(
+                bus.js,
+                self.settings.names,
+                to_datetime(watermark - HISTORY_MARGIN),
+                timeout=max(0.2, self.settings.lease_ttl - self.settings.lease_margin),
+            )
+        except Exception as exc:
+            log.warning("takeover failed (%r); giving the lease back", exc)
+            await lease.release()
+            return
+        now = time.time()
+        self._dispatcher = Dispatcher(bus.js, self.settings.names, self.settings.instance_id, self.fence)
+        self._processed_until = watermark
+        queued = self.timetable.lead(watermark, now, dispatched)
+        self.leading.set()
+        self._wake.set()
+        log.info(
+            "leading (lease revision %s): watermark %s, %d already dispatched since, %d slots to catch up, "
+            "takeover took %.0f ms",
+            lease.revision,
+            to_datetime(watermark).isoformat(),
+            len(dispatched),
+            queued,
+            (time.monotonic() - started) * 1000,
+        )
+
+    def _step_down(self) -> None:
+        if self.leading.is_set() or self.timetable.leading:
+            log.warning("stepping down: no longer the leader")
+        self.leading.clear()
+        self.timetable.follow()
+        if self._dispatcher is not None:
+            self._dispatcher.end_term()
+        self._wake.set()
+
+    async def _put_watermark(self, bus: Bus, watermark: float) -> None:
+        kv = await bus.js.key_value(self.settings.names.scheduler_bucket)
+        value = Watermark(at=to_datetime(watermark), leader=self.settings.instance_id)
+        await kv.put(WATERMARK_KEY, msgspec.json.encode(value))
+
+    async def _read_watermark(self, bus: Bus) -> float | None:
+        kv = await bus.js.key_value(self.settings.names.scheduler_bucket)
+        try:
+            entry = await kv.get(WATERMARK_KEY)
+        except KeyNotFoundError:
+            return None
+        if not entry.value:
+            return None
+        try:
+            return _watermark_decoder.decode(entry.value).at.timestamp()
+        except msgspec.DecodeError:
+            log.error("unreadable watermark %r: treating it as absent", entry.value[:100])
+            return None
+
+    # --- dispatch ---------------------------------------------------------------------------
+
+    async def _dispatch_loop(self, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            if not self.leading.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=0.5)
+                self._wake.clear()
+                continue
+            dispatcher = self._dispatcher
+            assert dispatcher is not None
+            now = time.time()
+            for due in self.timetable.pop_due(now):
+                job = self.timetable.jobs.get(due.job_id)
+                if job is None or not self.leading.is_set():
+                    continue
+                try:
+                    await dispatcher.submit(due, job)
+                except TimeoutError:
+                    log.error(
+                        "dispatch window stayed full; job %s slot %s left to the next term",
+                        due.job_id,
+                        due.slot,
+                    )
+                    dispatcher.fenced = True
+                    break
+            nxt = self.timetable.next_fire_at()
+            self._processed_until = now if nxt is None or nxt > now else min(now, nxt - 0.001)
+            delay = 0.5 if nxt is None else max(0.0, min(0.5, nxt - time.time()))
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=delay)
+            self._wake.clear()
+
+    # --- state ------------------------------------------------------------------------------
+
+    async def _state_loop(self, kv: KeyValue, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), timeout=STATE_INTERVAL)
+            if stopping.is_set() or not self.leading.is_set() or not self.fence.allows(time.monotonic()):
+                continue
+            try:
+                await asyncio.wait_for(self._write_state(kv), timeout=STATE_INTERVAL)
+            except Exception as exc:
+                log.warning("writing watermark/status failed: %r", exc)
+
+    async def _write_state(self, kv: KeyValue) -> None:
+        dispatcher = self._dispatcher
+        assert dispatcher is not None
+        watermark = watermark_of(
+            self._processed_until, dispatcher.unfinished_slots_ms, self.timetable.max_jitter
+        )
+        when = to_datetime(watermark)
+        await kv.put(WATERMARK_KEY, msgspec.json.encode(Watermark(at=when, leader=self.settings.instance_id)))
+        lease = self._lease
+        status = SchedulerStatus(
+            leader=self.settings.instance_id,
+            lease_revision=(lease.revision if lease else None) or 0,
+            jobs=len(self.timetable.jobs),
+            watermark=when,
+            dispatch_lag_ms=dispatcher.last_lateness_ms,
+            dispatched_total=dispatcher.dispatched_total,
+            updated_at=datetime.now(UTC),
+            schedule_errors=self.timetable.schedule_errors,
+        )
+        await kv.put(STATUS_KEY, encode_status(status))
+
+
+def create_service(settings: Settings) -> SchedulerService:
+    """The `cronbus scheduler` service (no I/O until `run`)."""
+    return SchedulerService(settings)

@@ -1,0 +1,452 @@
+"""The scheduler's pure core: the job table, the heap of next fire times, catch-up decisions,
+the watermark and the lease fence. No I/O and no clock reads: `now` is always passed in
+(seconds since the epoch for wall time, monotonic seconds for the fence).
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import sys
+import zlib
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import msgspec
+
+from cronbus.shared.events import (
+    CatchupPolicy,
+    HttpExecutor,
+    JobCreated,
+    JobDeleted,
+    JobEvents,
+    JobPaused,
+    JobResumed,
+    JobSpec,
+    JobUpdated,
+    ShellExecutor,
+    Trigger,
+)
+from cronbus.shared.schedule import Schedule, ScheduleError, jitter_for
+
+log = logging.getLogger(__name__)
+
+# Slots at most this late are ordinary dispatches (they cover a failover); older ones were missed
+# and follow the job's catch-up policy.
+DEFAULT_GRACE = 5.0
+# A job with policy `all` never dispatches more than this many missed slots at once.
+MAX_CATCHUP_SLOTS = 10_000
+
+_spec_encoder = msgspec.json.Encoder()
+_spec_decoder = msgspec.json.Decoder(JobSpec)
+# Specs are kept compressed against a dictionary of typical specs: a spec that differs from the
+# defaults in name, schedule and command packs into ~50 bytes instead of ~400 (at 100k jobs,
+# the difference between fitting the memory target or not). Never persisted: only this
+# process reads what it packed.
+_SPEC_DICTIONARY = b"".join(
+    _spec_encoder.encode(JobSpec(name="", schedule="* * * * *", executor=executor))
+    for executor in (HttpExecutor(url="https://"), ShellExecutor(command=""))
+)
+_MISSING = object()
+
+
+def pack_spec(spec: JobSpec) -> bytes:
+    packer = zlib.compressobj(1, zlib.DEFLATED, -15, 1, zdict=_SPEC_DICTIONARY)
+    return packer.compress(_spec_encoder.encode(spec)) + packer.flush()
+
+
+def unpack_spec(packed: bytes) -> JobSpec:
+    unpacker = zlib.decompressobj(-15, zdict=_SPEC_DICTIONARY)
+    return _spec_decoder.decode(unpacker.decompress(packed) + unpacker.flush())
+
+
+def to_datetime(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def to_ms(instant: datetime) -> int:
+    return round(instant.timestamp() * 1000)
+
+
+@dataclass(slots=True)
+class Job:
+    """What the scheduler keeps per job. The spec is kept packed (see `pack_spec`): at 100k jobs
+    a decoded JobSpec (several Structs and dicts each) costs ten times as much memory."""
+
+    job_id: str
+    revision: int
+    packed_spec: bytes
+    schedule: Schedule | None
+    error: str
+    pool: str
+    jitter: float
+    catchup: CatchupPolicy
+    catchup_window: float
+    start_at: datetime | None
+    end_at: datetime | None
+    paused: bool = False
+    paused_at: float | None = None
+    # When the current schedule took effect (the create or update event): no slot before it.
+    since: float = 0.0
+    # Slots at or before `cursor` are handled (dispatched, skipped or before the job existed).
+    cursor: float = 0.0
+    # Bumped on every change, so heap entries planned under an older state are ignored.
+    generation: int = 0
+
+    @property
+    def spec(self) -> JobSpec:
+        return unpack_spec(self.packed_spec)
+
+    def in_bounds(self, slot: datetime) -> bool:
+        if self.start_at is not None and slot < self.start_at:
+            return False
+        return self.end_at is None or slot <= self.end_at
+
+
+@dataclass(frozen=True, slots=True)
+class Due:
+    """One slot to dispatch now."""
+
+    job_id: str
+    slot_ms: int
+    fire_at: float
+    trigger: Trigger = "schedule"
+
+    @property
+    def slot(self) -> datetime:
+        return datetime.fromtimestamp(self.slot_ms / 1000, UTC)
+
+
+def catchup_slots(
+    schedule: Schedule,
+    after: float,
+    now: float,
+    *,
+    policy: CatchupPolicy,
+    window: float,
+    grace: float = DEFAULT_GRACE,
+    limit: int = MAX_CATCHUP_SLOTS,
+) -> list[tuple[datetime, Trigger]]:
+    """The slots in (after, now] to dispatch, with their trigger.
+
+    Slots within `grace` of `now` are only a little late (a failover, a slow loop): they are
+    dispatched as scheduled. Older slots were missed: `skip` drops them, `all` dispatches every
+    one inside `window`, `latest` dispatches the newest one inside `window` (one run stands for
+    the missed period).
+    """
+    lower = max(after, now - max(window, grace))
+    if lower >= now:
+        return []
+    slots: deque[datetime] = deque(maxlen=limit)
+    slots.extend(schedule.slots_between(to_datetime(lower), to_datetime(now)))
+    recent_from = now - grace
+    recent = [s for s in slots if s.timestamp() > recent_from]
+    missed = [s for s in slots if s.timestamp() <= recent_from and s.timestamp() > now - window]
+    out: list[tuple[datetime, Trigger]] = []
+    if policy == "all":
+        out.extend((s, "catchup") for s in missed)
+    elif policy == "latest" and missed:
+        out.append((missed[-1], "catchup"))
+    out.extend((s, "schedule") for s in recent)
+    return out
+
+
+def watermark_of(processed_until: float, unfinished_slots_ms: list[int], max_jitter: float) -> float:
+    """The newest W such that every slot at or before W is dispatched.
+
+    The dispatcher has popped every heap entry whose fire time (slot + jitter) is at or before
+    `processed_until`, so slots up to `processed_until - max_jitter` are popped; popped slots
+    whose publish is not confirmed yet hold W just below them.
+    """
+    w = processed_until - max_jitter
+    if unfinished_slots_ms:
+        w = min(w, min(unfinished_slots_ms) / 1000 - 0.001)
+    return w
+
+
+@dataclass(slots=True)
+class Fence:
+    """Self-fencing arithmetic. The server expires the lease `ttl` after it stored the last
+    renewal, which is after we sent it: counting from the send keeps us on the safe side, and
+    `margin` covers publishes still on the wire and clock-rate differences."""
+
+    ttl: float
+    margin: float
+    renewal_sent_at: float | None = None
+
+    def renewed(self, sent_at: float) -> None:
+        if self.renewal_sent_at is None or sent_at > self.renewal_sent_at:
+            self.renewal_sent_at = sent_at
+
+    def revoke(self) -> None:
+        self.renewal_sent_at = None
+
+    @property
+    def deadline(self) -> float | None:
+        """Monotonic time from which we must not publish (None: we hold nothing)."""
+        if self.renewal_sent_at is None:
+            return None
+        return self.renewal_sent_at + self.ttl - self.margin
+
+    def allows(self, now: float) -> bool:
+        deadline = self.deadline
+        return deadline is not None and now < deadline
+
+
+@dataclass(slots=True)
+class Timetable:
+    """Every job the scheduler knows and, while leading, the heap of each job's next slot.
+
+    Schedules are interned by (expression, zone): 100k jobs on a handful of expressions share
+    a handful of parsed schedules.
+    """
+
+    grace: float = DEFAULT_GRACE
+    jobs: dict[str, Job] = field(default_factory=dict)
+    leading: bool = False
+    # (fire_at, slot_ms, job_id, generation): each job's planned next slot, one entry per job.
+    _heap: list[tuple[float, int, str, int]] = field(default_factory=list)
+    # Missed slots queued by a takeover or a resume; popping them plans nothing after them.
+    _catchup: list[tuple[float, int, str, int, Trigger]] = field(default_factory=list)
+    # Equal floats from different jobs (jitter, windows) share one object.
+    _floats: dict[float, float] = field(default_factory=dict)
+    # Bumped on every change to a job; summaries over all jobs are recomputed only then.
+    _changes: int = 0
+    _summary: tuple[int, float, dict[str, str]] = (-1, 0.0, {})
+    _schedules: dict[tuple[str, str], Schedule | ScheduleError] = field(default_factory=dict)
+    # Jobs sharing a schedule ask for the same next slot after the same instant (all of them at
+    # takeover, a burst of them each time they fire together): compute it once.
+    _next_slots: dict[tuple[int, datetime], datetime | None] = field(default_factory=dict)
+    _catchups: dict[tuple[int, float, float, str, float, float], list[tuple[datetime, Trigger]]] = field(
+        default_factory=dict
+    )
+
+    # --- evolving from JOBS ---------------------------------------------------------------------
+
+    def schedule_for(self, expression: str, timezone: str) -> Schedule | ScheduleError:
+        key = (expression, timezone)
+        found = self._schedules.get(key)
+        if found is None:
+            try:
+                found = Schedule.parse(expression, timezone)
+            except ScheduleError as exc:
+                found = exc
+            self._schedules[key] = found
+        return found
+
+    def _job_from(self, job_id: str, revision: int, spec: JobSpec) -> Job:
+        schedule = self.schedule_for(spec.schedule, spec.timezone)
+        return Job(
+            job_id=job_id,
+            revision=revision,
+            packed_spec=pack_spec(spec),
+            schedule=schedule if isinstance(schedule, Schedule) else None,
+            error=str(schedule) if isinstance(schedule, ScheduleError) else "",
+            pool=sys.intern(spec.pool),
+            jitter=self._floats.setdefault(spec.jitter, spec.jitter),
+            catchup=sys.intern(spec.catchup.policy),  # type: ignore[arg-type]
+            catchup_window=self._floats.setdefault(spec.catchup.window, spec.catchup.window),
+            start_at=spec.start_at.astimezone(UTC) if spec.start_at else None,
+            end_at=spec.end_at.astimezone(UTC) if spec.end_at else None,
+        )
+
+    def _since(self, occurred_at: datetime, now: float) -> float:
+        """Where a change made at `occurred_at` starts counting, clamped against clock skew."""
+        return min(now, max(occurred_at.timestamp(), now - self.grace))
+
+    def apply(self, event: JobEvents, now: float) -> None:
+        """Evolve the table by one JOBS event; while leading, plan the job (and, after a resume,
+        the missed slots its catch-up policy asks for)."""
+        current = self.jobs.get(event.job_id)
+        if current is not None and event.revision <= current.revision:
+            return
+        self._changes += 1
+        match event:
+            case JobCreated(spec=spec, paused=paused):
+                job = self._job_from(event.job_id, event.revision, spec)
+                job.paused = paused
+                job.paused_at = event.occurred_at.timestamp() if paused else None
+                job.since = event.occurred_at.timestamp()
+                job.cursor = self._since(event.occurred_at, now)
+                if current is not None:
+                    job.generation = current.generation + 1
+                self.jobs[event.job_id] = job
+                self._plan(job)
+            case JobUpdated(spec=spec) if current is not None:
+                job = self._job_from(event.job_id, event.revision, spec)
+                job.paused, job.paused_at = current.paused, current.paused_at
+                job.since = event.occurred_at.timestamp()
+                # Slots of the new schedule count from the change, not from the last old slot.
+                job.cursor = max(current.cursor, self._since(event.occurred_at, now))
+                job.generation = current.generation + 1
+                self.jobs[event.job_id] = job
+                self._plan(job)
+            case JobPaused() if current is not None:
+                current.revision = event.revision
+                current.paused = True
+                current.paused_at = event.occurred_at.timestamp()
+                current.generation += 1
+            case JobResumed() if current is not None:
+                current.revision = event.revision
+                current.paused = False
+                current.generation += 1
+                resumed_at = self._since(event.occurred_at, now)
+                after = max(current.cursor, current.paused_at or current.cursor)
+                current.paused_at = None
+                if self.leading:
+                    # Every slot of the pause was missed: the policy decides, no grace.
+                    self._push_all(self._catch_up(current, after, resumed_at, grace=0.0))
+                current.cursor = max(current.cursor, resumed_at)
+                self._plan(current)
+            case JobDeleted() if current is not None:
+                del self.jobs[event.job_id]
+            case _:
+                log.warning(
+                    "%s for unknown job %s (revision %s): ignored",
+                    type(event).__name__,
+                    event.job_id,
+                    event.revision,
+                )
+
+    # --- leading ------------------------------------------------------------------------------
+
+    def _plan(self, job: Job) -> None:
+        """Push the job's next slot after its cursor onto the heap (while leading)."""
+        if not self.leading or job.paused or job.schedule is None:
+            return
+        try:
+            after = to_datetime(job.cursor)
+            if job.start_at is not None and job.start_at > after:
+                after = job.start_at - timedelta(milliseconds=1)
+            slot = self._next_slot(job.schedule, after)
+        except Exception as exc:  # a schedule that fails at run time must not stall the others
+            log.exception("job %s: schedule %r failed", job.job_id, job.schedule.expression)
+            job.error = f"schedule failed at run time: {exc}"
+            self._changes += 1
+            return
+        if slot is None or not job.in_bounds(slot):
+            return
+        fire_at = (slot + jitter_for(job.job_id, slot, job.jitter)).timestamp()
+        heapq.heappush(self._heap, (fire_at, to_ms(slot), job.job_id, job.generation))
+
+    def _next_slot(self, schedule: Schedule, after: datetime) -> datetime | None:
+        key = (id(schedule), after)
+        found = self._next_slots.get(key, _MISSING)
+        if found is _MISSING:
+            if len(self._next_slots) >= 4096:
+                self._next_slots.clear()
+            found = self._next_slots[key] = schedule.next_after(after)
+        return found  # type: ignore[return-value]
+
+    def _push_all(self, due: list[Due]) -> None:
+        for d in due:
+            job = self.jobs[d.job_id]
+            heapq.heappush(self._catchup, (d.fire_at, d.slot_ms, d.job_id, job.generation, d.trigger))
+
+    def _catch_up(self, job: Job, after: float, until: float, *, grace: float) -> list[Due]:
+        if job.schedule is None:
+            return []
+        key = (id(job.schedule), after, until, job.catchup, job.catchup_window, grace)
+        try:
+            planned = self._catchups.get(key)
+            if planned is None:
+                if len(self._catchups) >= 4096:
+                    self._catchups.clear()
+                planned = self._catchups[key] = catchup_slots(
+                    job.schedule,
+                    after,
+                    until,
+                    policy=job.catchup,
+                    window=job.catchup_window,
+                    grace=grace,
+                )
+        except Exception as exc:
+            log.exception("job %s: catch-up over schedule %r failed", job.job_id, job.schedule.expression)
+            job.error = f"schedule failed at run time: {exc}"
+            self._changes += 1
+            return []
+        return [
+            Due(
+                job.job_id,
+                to_ms(slot),
+                (slot + jitter_for(job.job_id, slot, job.jitter)).timestamp(),
+                trigger,
+            )
+            for slot, trigger in planned
+            if job.in_bounds(slot)
+        ]
+
+    def lead(self, watermark: float, now: float, dispatched: set[str]) -> int:
+        """Take over: queue every job's slots after `watermark` under its catch-up policy, minus
+        those already in DISPATCH (`dispatched` holds their `Nats-Msg-Id`s), and plan each job's
+        next slot after `now`. Returns how many slots were queued for catch-up."""
+        self.leading = True
+        self._heap.clear()
+        self._catchup.clear()
+        due: list[Due] = []
+        for job in self.jobs.values():
+            job.generation += 1
+            if job.paused or job.schedule is None:
+                continue
+            after = max(watermark, min(job.since, now))
+            for d in self._catch_up(job, after, now, grace=self.grace):
+                if f"{job.job_id}:{d.slot_ms}" not in dispatched:
+                    due.append(d)
+            job.cursor = now
+            self._plan(job)
+        self._push_all(due)
+        return len(due)
+
+    def follow(self) -> None:
+        """Stop leading: the heap is rebuilt from the watermark at the next takeover."""
+        self.leading = False
+        self._heap.clear()
+        self._catchup.clear()
+
+    def _live(self, job_id: str, generation: int) -> Job | None:
+        job = self.jobs.get(job_id)
+        return job if job is not None and job.generation == generation else None
+
+    def next_fire_at(self) -> float | None:
+        while self._heap and self._live(self._heap[0][2], self._heap[0][3]) is None:
+            heapq.heappop(self._heap)
+        while self._catchup and self._live(self._catchup[0][2], self._catchup[0][3]) is None:
+            heapq.heappop(self._catchup)
+        times = [q[0][0] for q in (self._heap, self._catchup) if q]
+        return min(times) if times else None
+
+    def pop_due(self, now: float, limit: int = 10_000) -> list[Due]:
+        """Slots whose fire time is at or before `now` (at most `limit`), each job's next slot
+        planned behind it."""
+        out: list[Due] = []
+        while self._catchup and self._catchup[0][0] <= now and len(out) < limit:
+            fire_at, slot, job_id, generation, trigger = heapq.heappop(self._catchup)
+            if self._live(job_id, generation) is not None:
+                out.append(Due(job_id, slot, fire_at, trigger))
+        while self._heap and self._heap[0][0] <= now and len(out) < limit:
+            fire_at, slot, job_id, generation = heapq.heappop(self._heap)
+            job = self._live(job_id, generation)
+            if job is None:
+                continue
+            out.append(Due(job_id, slot, fire_at))
+            job.cursor = slot / 1000
+            self._plan(job)
+        return out
+
+    def _summarise(self) -> tuple[int, float, dict[str, str]]:
+        if self._summary[0] != self._changes:
+            self._summary = (
+                self._changes,
+                max((j.jitter for j in self.jobs.values()), default=0.0),
+                {j.job_id: j.error for j in self.jobs.values() if j.error},
+            )
+        return self._summary
+
+    @property
+    def max_jitter(self) -> float:
+        return self._summarise()[1]
+
+    @property
+    def schedule_errors(self) -> dict[str, str]:
+        return self._summarise()[2]

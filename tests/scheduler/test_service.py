@@ -1,0 +1,205 @@
+"""One scheduler replica in-process against a real nats-server: what a user observes in
+DISPATCH and in the scheduler bucket."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import msgspec
+import pytest
+from nats.js.errors import KeyNotFoundError
+
+from cronbus.scheduler.app import STATUS_KEY, WATERMARK_KEY, SchedulerService, Watermark
+from cronbus.scheduler.lease import LEASE_KEY
+from cronbus.shared.bus import Bus
+from cronbus.shared.events import (
+    Catchup,
+    JobDeleted,
+    JobPaused,
+    JobResumed,
+    JobUpdated,
+    dispatch_msg_id,
+    run_id_for,
+)
+from cronbus.shared.settings import Settings
+from cronbus.shared.status import decode_scheduler_status
+from tests.scheduler.support import create_job, publish_job, read_dispatches, spec
+from tests.support import wait_for
+
+
+@pytest.fixture
+async def bus(settings: Settings) -> AsyncIterator[Bus]:
+    bus = await Bus.open(settings, "test")
+    yield bus
+    await bus.close()
+
+
+@contextlib.asynccontextmanager
+async def running(settings: Settings) -> AsyncIterator[SchedulerService]:
+    service = SchedulerService(settings)
+    stopping = asyncio.Event()
+    task = asyncio.create_task(service.run(stopping))
+    try:
+        await asyncio.wait_for(service.ready.wait(), timeout=10)
+        yield service
+    finally:
+        stopping.set()
+        await asyncio.wait_for(task, timeout=15)
+
+
+async def slots_of(bus: Bus, job_id: str) -> list[datetime]:
+    return [
+        d.event.slot for d in await read_dispatches(bus.js, bus.settings.names) if d.event.job_id == job_id
+    ]
+
+
+async def test_every_second_job_dispatches_each_slot_once(settings: Settings, bus: Bus) -> None:
+    names = settings.names
+    async with running(settings) as service:
+        await wait_for(lambda: service.leading.is_set(), what="leadership")
+        created = await create_job(bus.js, names, "tick", spec("* * * * * *"))
+        dispatches = await wait_for(
+            lambda: _at_least(bus, "tick", 3), timeout=8, what="three dispatches of an every-second job"
+        )
+    first = dispatches[0]
+    # The first slot is the first whole second after the job was created, dispatched on time.
+    assert first.event.slot == created.occurred_at.replace(microsecond=0) + timedelta(seconds=1)
+    assert first.event.dispatched_at - first.event.slot < timedelta(seconds=1)
+    slots = [d.event.slot for d in dispatches]
+    assert len(slots) == len(set(slots))
+    assert slots == sorted(slots)
+    for d in dispatches:
+        assert d.event.scheduler == settings.instance_id
+        assert d.msg_id == dispatch_msg_id("tick", d.event.slot)
+        assert d.event.run_id == run_id_for("tick", d.event.slot)
+        assert d.event.spec.schedule == "* * * * * *"
+        assert d.event.job_revision == 1
+        assert d.event.pool == "default"
+
+
+async def _at_least(bus: Bus, job_id: str, n: int) -> list:  # type: ignore[type-arg]
+    found = [d for d in await read_dispatches(bus.js, bus.settings.names) if d.event.job_id == job_id]
+    return found if len(found) >= n else []
+
+
+async def test_pause_resume_update_delete_take_effect(settings: Settings, bus: Bus) -> None:
+    names = settings.names
+    async with running(settings) as service:
+        await wait_for(lambda: service.leading.is_set(), what="leadership")
+        await create_job(bus.js, names, "j", spec("* * * * * *", catchup=Catchup(policy="skip")))
+        await wait_for(lambda: _at_least(bus, "j", 1), what="first dispatch")
+
+        await publish_job(bus.js, names, JobPaused(job_id="j", revision=2))
+        paused_at = datetime.now(UTC)
+        await wait_for(lambda: service.timetable.jobs["j"].paused, what="pause applied")
+        # Let slots pass while paused: none may be dispatched (policy skip).
+        await wait_for(lambda: datetime.now(UTC) > paused_at + timedelta(seconds=2.5), what="time")
+        assert not [s for s in await slots_of(bus, "j") if s > paused_at + timedelta(seconds=1)]
+
+        await publish_job(bus.js, names, JobResumed(job_id="j", revision=3))
+        resumed_at = datetime.now(UTC)
+        await wait_for(
+            lambda: _slots_after(bus, "j", resumed_at - timedelta(seconds=1)),
+            timeout=3,
+            what="dispatch after resume",
+        )
+        during = [
+            s
+            for s in await slots_of(bus, "j")
+            if paused_at + timedelta(seconds=1) < s < resumed_at - timedelta(seconds=1)
+        ]
+        assert during == []
+
+        await publish_job(
+            bus.js, names, JobUpdated(job_id="j", revision=4, spec=spec("*/2 * * * * *", pool="gpu"))
+        )
+        await wait_for(lambda: _pool_seen(bus, "j", "gpu"), timeout=4, what="dispatch with the updated spec")
+        await publish_job(bus.js, names, JobDeleted(job_id="j", revision=5))
+        await wait_for(lambda: "j" not in service.timetable.jobs, what="delete applied")
+        deleted_at = datetime.now(UTC)
+        await wait_for(lambda: datetime.now(UTC) > deleted_at + timedelta(seconds=2.5), what="time")
+        assert not [s for s in await slots_of(bus, "j") if s > deleted_at + timedelta(seconds=1)]
+
+
+async def _slots_after(bus: Bus, job_id: str, t: datetime) -> bool:
+    return any(s > t for s in await slots_of(bus, job_id))
+
+
+async def _pool_seen(bus: Bus, job_id: str, pool: str) -> bool:
+    return any(
+        d.event.pool == pool and d.event.slot.second % 2 == 0 and d.event.job_revision == 4
+        for d in await read_dispatches(bus.js, bus.settings.names)
+        if d.event.job_id == job_id
+    )
+
+
+async def test_status_watermark_and_release(settings: Settings, bus: Bus) -> None:
+    names = settings.names
+    await publish_job_raw(bus, names.job_subject("broken"), b"{not json")
+    await create_job(bus.js, names, "bad", spec("0 0 30 2 *"))
+    await create_job(bus.js, names, "ok", spec("* * * * * *"))
+    state = await bus.js.key_value(names.scheduler_bucket)
+    leader = await bus.js.key_value(names.leader_bucket)
+    async with running(settings) as service:
+        await wait_for(lambda: service.leading.is_set(), what="leadership")
+        entry = await leader.get(LEASE_KEY)
+        assert entry.value == settings.instance_id.encode()
+
+        async def status_with_watermark() -> object:
+            try:
+                status = decode_scheduler_status((await state.get(STATUS_KEY)).value or b"")
+            except Exception:
+                return None
+            return status if status.watermark and status.dispatched_total >= 2 else None
+
+        status = await wait_for(status_with_watermark, timeout=6, what="status with a watermark")
+        assert status.leader == settings.instance_id
+        assert status.jobs == 2
+        assert "bad" in status.schedule_errors and "never fire" in status.schedule_errors["bad"]
+        assert status.lease_revision > 0
+        assert abs((datetime.now(UTC) - status.watermark).total_seconds()) < 3
+    watermark = msgspec.json.decode((await state.get(WATERMARK_KEY)).value or b"", type=Watermark)
+    assert watermark.leader == settings.instance_id
+    # A clean stop gives the lease back at once instead of letting it expire.
+    with pytest.raises(KeyNotFoundError):
+        await leader.get(LEASE_KEY)
+
+
+async def publish_job_raw(bus: Bus, subject: str, data: bytes) -> None:
+    await bus.js.publish(subject, data)
+
+
+async def test_restart_catches_up_missed_slots_by_policy(settings: Settings, bus: Bus) -> None:
+    """Downtime longer than the grace: `all` gets every missed slot, `latest` one, `skip` none."""
+    names = settings.names
+    for job_id, policy in (("all", "all"), ("latest", "latest"), ("skip", "skip")):
+        await create_job(bus.js, names, job_id, spec("* * * * * *", catchup=Catchup(policy=policy)))
+    async with running(settings) as service:
+        await wait_for(lambda: _at_least(bus, "all", 1), what="first dispatch")
+        stopped_service = service
+    assert not stopped_service.leading.is_set()
+    down_from = time.time()
+    # The scheduler is down for more than the grace (5 s).
+    await wait_for(lambda: time.time() > down_from + 7.5, timeout=10, what="downtime")
+    async with running(settings) as service:
+        await wait_for(lambda: _at_least(bus, "skip", 1), timeout=5, what="restart")
+        restarted = time.time()
+        await wait_for(lambda: time.time() > restarted + 1.5, what="time")
+    dispatches = await read_dispatches(bus.js, names)
+    for job_id in ("all", "latest", "skip"):
+        slots = [d.event.slot for d in dispatches if d.event.job_id == job_id]
+        assert len(slots) == len(set(slots)), job_id
+    catchup = {
+        j: [d for d in dispatches if d.event.job_id == j and d.event.trigger == "catchup"]
+        for j in ("all", "latest", "skip")
+    }
+    assert len(catchup["all"]) >= 2
+    assert len(catchup["latest"]) == 1
+    assert catchup["skip"] == []
+    # `all` has no gap at all: every second from its first slot to its last.
+    slots = sorted(d.event.slot for d in dispatches if d.event.job_id == "all")
+    assert slots == [slots[0] + timedelta(seconds=i) for i in range(len(slots))]
