@@ -122,8 +122,9 @@ async def running_logs(settings: Settings, service: LogsService | None = None) -
         loop = asyncio.get_running_loop()
         since = loop.time()
         await asyncio.wait_for(task, timeout=20)
-        # A clean stop is prompt: nothing waits out the grace period or a drain timeout.
-        assert loop.time() - since < 3.0, f"the logs service took {loop.time() - since:.1f}s to stop"
+        # A clean stop is prompt: nothing waits out the grace period (20 s) or the ack wait
+        # (60 s). The bound is generous so a loaded machine does not make it flaky.
+        assert loop.time() - since < 10.0, f"the logs service took {loop.time() - since:.1f}s to stop"
 
 
 async def rows(engine: AsyncEngine, table: Table) -> list[dict[str, Any]]:

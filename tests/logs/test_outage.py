@@ -119,8 +119,9 @@ async def test_stopping_with_an_unwritten_batch_then_restarting_loses_nothing(
         await wait_for(_failures(caplog, "logs-runs"), timeout=15, what="a failed write of RUNS")
         loop = asyncio.get_running_loop()
         stopping_since = loop.time()
-    # running_logs stopped the service; it must not have waited for the database.
-    assert loop.time() - stopping_since < 5.0
+    # running_logs stopped the service; it must not have waited for the database (the retry
+    # backoff runs to minutes). Generous, so a loaded machine does not make it flaky.
+    assert loop.time() - stopping_since < 10.0
     async with history.begin() as conn:
         await conn.execute(text("ALTER TABLE runs_away RENAME TO runs"))
     async with running_logs(history_settings):

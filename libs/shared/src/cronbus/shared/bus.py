@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import nats
@@ -189,18 +188,3 @@ class Bus:
         except Exception as exc:
             log.warning("nats drain failed (%s); closing", exc)
             await self.nc.close()
-
-
-async def retry_until(
-    op: Callable[[], Awaitable[object]], *, deadline: float, what: str, interval: float = 0.2
-) -> object:
-    """Run `op` until it succeeds or `deadline` (loop time) passes; the last error is raised."""
-    loop = asyncio.get_running_loop()
-    while True:
-        try:
-            return await op()
-        except Exception as exc:
-            if loop.time() + interval > deadline:
-                raise
-            log.debug("%s: retrying after %s", what, exc)
-            await asyncio.sleep(interval)

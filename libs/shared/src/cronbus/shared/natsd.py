@@ -20,6 +20,7 @@ import sys
 import sysconfig
 from pathlib import Path
 from types import TracebackType
+from typing import BinaryIO
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,11 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     except OSError:
         pass
+
+
+def _append(sink: BinaryIO, line: bytes) -> None:
+    sink.write(line)
+    sink.flush()
 
 
 class EmbeddedNats:
@@ -133,8 +139,8 @@ class EmbeddedNats:
         try:
             async for line in self._proc.stderr:
                 if sink:
-                    sink.write(line)
-                    sink.flush()
+                    # `up` runs every service on this loop: file writes go to a thread.
+                    await asyncio.to_thread(_append, sink, line)
                 self._tail.append(line)
                 del self._tail[:-50]
                 if not ready.done():
