@@ -18,6 +18,7 @@ from cronbus.shared.events import (
     JobUpdated,
     LogChunk,
     MalformedEvent,
+    Retention,
     Retries,
     RunDispatched,
     RunFinished,
@@ -116,3 +117,31 @@ def test_http_executor_defaults_and_retry_backoff():
                       HttpExecutor)  # fmt: skip
     retries = Retries(max_attempts=5, backoff=10, multiplier=2, max_backoff=30)
     assert [retries.delay_after(n) for n in (1, 2, 3, 4)] == [10, 20, 30, 30]
+
+
+def test_events_written_before_retention_existed_decode_with_the_defaults():
+    """A job.created and a run.dispatched as older writers sent them: no `retention` in the spec."""
+    spec = {"name": "backup", "schedule": "0 3 * * *", "executor": {"type": "shell", "command": "true"}}
+    created = decode_job_event(
+        json.dumps({"type": "job.created", "job_id": "j1", "revision": 1, "spec": spec}).encode()
+    )
+    assert isinstance(created, JobCreated)
+    assert created.spec.retention == Retention(runs=None, log_bytes=None)
+    run = {"run_id": run_id_for("j1", SLOT), "job_id": "j1", "slot": SLOT.isoformat()}
+    dispatched = decode_dispatch(
+        json.dumps({"type": "run.dispatched", "pool": "default", "spec": spec, **run}).encode()
+    )
+    assert dispatched.spec.retention == Retention()
+
+
+def test_a_jobs_retention_round_trips():
+    spec = msgspec.structs.replace(SPEC, retention=Retention(runs=500, log_bytes=50_000_000))
+    raw = json.loads(encode(JobUpdated(job_id="j1", revision=2, spec=spec)))
+    assert raw["spec"]["retention"] == {"runs": 500, "log_bytes": 50_000_000}
+    assert decode_job_event(json.dumps(raw).encode()) == JobUpdated(
+        job_id="j1",
+        revision=2,
+        spec=spec,
+        event_id=raw["event_id"],
+        occurred_at=datetime.fromisoformat(raw["occurred_at"]),
+    )

@@ -10,6 +10,7 @@ import pytest
 from cronbus.shared.durations import DurationError, format_duration, parse_duration
 from cronbus.shared.names import NameError_, Names
 from cronbus.shared.settings import SettingsError, add_settings_arguments, async_database_url, build_settings
+from cronbus.shared.sizes import SizeError, parse_size
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -99,3 +100,28 @@ def test_durations(text, seconds):
 def test_bad_durations_say_how_to_write_one(text):
     with pytest.raises(DurationError, match=r"e\.g\."):
         parse_duration(text)
+
+
+def test_log_byte_budgets_take_numbers_or_units():
+    defaults = build_settings(environ={})
+    assert (defaults.history_log_bytes_per_job, defaults.history_log_bytes_total) == (100 * 1024 * 1024, 0)
+    env = {"CRONBUS_HISTORY_LOG_BYTES_PER_JOB": "50MB", "CRONBUS_HISTORY_LOG_BYTES_TOTAL": "1048576"}
+    s = build_settings(parse(["--history-log-bytes-total", "2GiB"]), environ=env)
+    assert (s.history_log_bytes_per_job, s.history_log_bytes_total) == (50_000_000, 2 << 30)
+    with pytest.raises(SettingsError, match="CRONBUS_HISTORY_LOG_BYTES_TOTAL / --history-log-bytes-total"):
+        build_settings(environ={"CRONBUS_HISTORY_LOG_BYTES_TOTAL": "lots"})
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("0", 0), ("1", 1), ("12B", 12), ("500KB", 500_000), ("1.5KiB", 1536), ("50 MB", 50_000_000),
+     ("3mib", 3 << 20), ("2GB", 2_000_000_000), ("1GiB", 1 << 30), (4096, 4096)],
+)  # fmt: skip
+def test_sizes(text, size):
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "MB", "-1MB", "1TB", "1.2.3MB", "ten", -5, True, 1.5])
+def test_bad_sizes(text):
+    with pytest.raises(SizeError):
+        parse_size(text)

@@ -90,6 +90,17 @@ class Retries(msgspec.Struct, kw_only=True):
         return min(self.max_backoff, self.backoff * self.multiplier ** max(0, attempt - 1))
 
 
+class Retention(msgspec.Struct, kw_only=True):
+    """How much of this job's history the logs service keeps; None uses the global setting.
+
+    `runs`: finished runs kept (0 keeps all). `log_bytes`: bytes of output kept for the
+    newest runs; older runs keep their row but lose their output (0 keeps all).
+    """
+
+    runs: int | None = None
+    log_bytes: int | None = None
+
+
 class JobSpec(msgspec.Struct, kw_only=True):
     name: str
     schedule: str
@@ -105,6 +116,7 @@ class JobSpec(msgspec.Struct, kw_only=True):
     end_at: datetime | None = None
     description: str = ""
     labels: dict[str, str] = {}
+    retention: Retention = msgspec.field(default_factory=Retention)
 
 
 # --- events --------------------------------------------------------------------------------

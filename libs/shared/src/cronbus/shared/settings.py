@@ -19,6 +19,7 @@ from typing import Any
 
 from cronbus.shared.durations import DurationError, parse_duration
 from cronbus.shared.names import NameError_, Names, check_token
+from cronbus.shared.sizes import parse_size
 
 
 class SettingsError(ValueError):
@@ -67,6 +68,11 @@ class Settings:
     history_runs_per_job: int = 1000
     history_logs_per_job: int = 100
     history_retention_interval: float = 60.0
+    # Bytes of output kept per job (newest runs first; a job's spec may say otherwise), and
+    # across all jobs (oldest finished runs lose their output first). 0 keeps everything.
+    # Their variables and flags also take units: "100MiB", "5GB".
+    history_log_bytes_per_job: int = 100 * 1024 * 1024
+    history_log_bytes_total: int = 0
 
     @property
     def names(self) -> Names:
@@ -105,6 +111,10 @@ _STABLE_FLAGS = {
 }
 
 
+# Byte counts that may be written with a unit ("100MiB").
+_SIZE_SETTINGS = {"history_log_bytes_per_job", "history_log_bytes_total"}
+
+
 def _flag(name: str) -> str:
     return _STABLE_FLAGS.get(name, "--" + name.replace("_", "-"))
 
@@ -140,6 +150,8 @@ def _parse_value(name: str, raw: str, kind: Any) -> Any:
             return raw
         if name == "data_dir":
             return Path(raw).expanduser()
+        if name in _SIZE_SETTINGS:
+            return parse_size(raw)
         if kind in ("int", int):
             return int(raw)
         if kind in ("float", float):

@@ -27,6 +27,8 @@ from cronbus.api.schemas import (
     JobIn,
     JobOut,
     JobPatch,
+    RetentionIn,
+    RetentionOut,
     RetriesOut,
     ShellExecutorIn,
     ShellExecutorOut,
@@ -42,11 +44,13 @@ from cronbus.shared.events import (
     JobResumed,
     JobSpec,
     JobUpdated,
+    Retention,
     Retries,
     ShellExecutor,
 )
 from cronbus.shared.names import NameError_, check_token
 from cronbus.shared.schedule import Schedule, ScheduleError
+from cronbus.shared.sizes import SizeError, parse_size
 
 NEXT_FIRES = 5
 
@@ -200,6 +204,7 @@ def spec_from_input(job: JobIn) -> JobSpec:
     if start_at and end_at and end_at <= start_at:
         errors.append(FieldError(field="end_at", reason="must be after start_at"))
     executor = _executor(errors, job.executor)
+    retention = _retention(errors, job.retention)
     if errors:
         raise InvalidInput(errors)
     assert executor is not None
@@ -223,7 +228,34 @@ def spec_from_input(job: JobIn) -> JobSpec:
         end_at=end_at,
         description=job.description,
         labels=job.labels,
+        retention=retention,
     )
+
+
+# The history store keeps counts and sizes in signed 64-bit columns and parameters.
+_MAX_LIMIT = 2**63 - 1
+
+
+def _retention(errors: list[FieldError], retention: RetentionIn) -> Retention:
+    runs = retention.runs
+    if runs is not None and not 0 <= runs <= _MAX_LIMIT:
+        errors.append(
+            FieldError(
+                field="retention.runs", reason=f"{runs} is out of range; give 0 (keep every run) or more"
+            )
+        )
+    log_bytes = None
+    if retention.log_bytes is not None:
+        try:
+            log_bytes = parse_size(retention.log_bytes)
+        except SizeError as exc:
+            errors.append(FieldError(field="retention.log_bytes", reason=str(exc)))
+        else:
+            if log_bytes > _MAX_LIMIT:
+                errors.append(
+                    FieldError(field="retention.log_bytes", reason=f"{retention.log_bytes!r} is too large")
+                )
+    return Retention(runs=runs, log_bytes=log_bytes)
 
 
 def _executor(
@@ -291,6 +323,7 @@ def input_from_spec(spec: JobSpec) -> dict[str, Any]:
         "end_at": spec.end_at,
         "description": spec.description,
         "labels": spec.labels,
+        "retention": {"runs": spec.retention.runs, "log_bytes": spec.retention.log_bytes},
     }
 
 
@@ -405,6 +438,7 @@ def job_view(state: JobState, now: datetime) -> JobOut:
         end_at=spec.end_at,
         description=spec.description,
         labels=spec.labels,
+        retention=RetentionOut(runs=spec.retention.runs, log_bytes=spec.retention.log_bytes),
         paused=state.paused,
         created_at=state.created_at,
         updated_at=state.updated_at,

@@ -19,6 +19,13 @@ Duration = Annotated[
     str | float,
     Meta(description="a duration such as '90s', '10m', '1h30m', '250ms', or a number of seconds"),
 ]
+Size = Annotated[
+    int | str,
+    Meta(
+        description="a number of bytes, or a size such as '500KB', '50MB', '1.5GiB' "
+        "(KB/MB/GB: powers of 1000; KiB/MiB/GiB: powers of 1024)"
+    ),
+]
 
 
 # --- input -----------------------------------------------------------------------------------
@@ -61,6 +68,17 @@ class RetriesIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_backoff: Duration = "1h"
 
 
+class RetentionIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """How much of the job's history to keep; null (or left out) uses the server's default.
+
+    `runs`: finished runs kept (0 keeps all). `log_bytes`: output is kept for the newest runs
+    until their total exceeds this; older runs keep their record but lose their output.
+    """
+
+    runs: int | None = None
+    log_bytes: Size | None = None
+
+
 class JobIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """A job to create (`POST /v1/jobs`)."""
 
@@ -78,6 +96,7 @@ class JobIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     end_at: datetime | None = None
     description: str = ""
     labels: dict[str, str] = {}
+    retention: RetentionIn = msgspec.field(default_factory=RetentionIn)
 
 
 class JobPatch(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -101,6 +120,7 @@ class JobPatch(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     end_at: datetime | UnsetType | None = UNSET
     description: str | UnsetType = UNSET
     labels: dict[str, str] | UnsetType = UNSET
+    retention: RetentionIn | UnsetType = UNSET
 
 
 # --- output ----------------------------------------------------------------------------------
@@ -134,6 +154,13 @@ class RetriesOut(msgspec.Struct, kw_only=True):
     max_backoff: str
 
 
+class RetentionOut(msgspec.Struct, kw_only=True):
+    """The job's own limits; null means the server's default applies. `log_bytes` in bytes."""
+
+    runs: int | None
+    log_bytes: int | None
+
+
 class JobOut(msgspec.Struct, kw_only=True):
     """A job as it is now. `next_fires`: the next five slots (UTC); empty when paused."""
 
@@ -153,6 +180,7 @@ class JobOut(msgspec.Struct, kw_only=True):
     end_at: datetime | None
     description: str
     labels: dict[str, str]
+    retention: RetentionOut
     paused: bool
     created_at: datetime
     updated_at: datetime

@@ -42,7 +42,14 @@ from cronbus.shared.events import (
     RunStarted,
     utcnow,
 )
-from cronbus.shared.history.schema import jobs, log_chunks, projector_positions, run_attempts, runs
+from cronbus.shared.history.schema import (
+    jobs,
+    log_chunks,
+    output_sizes,
+    projector_positions,
+    run_attempts,
+    runs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -75,15 +82,22 @@ class HistoryWriter:
         self.engine = engine
         self._dialect = engine.dialect.name
         self._turn: asyncio.Lock | None = asyncio.Lock() if self._dialect == "sqlite" else None
-        # In write order: runs first (the row both run projectors share), then attempts, output.
+        # In write order: runs first (the row both run projectors share), then attempts; output
+        # comes last (see _store_output).
         self._run_upserts: list[tuple[Table, Insert]] = [
             (runs, self._runs_upsert()),
             (run_attempts, self._attempts_upsert()),
-            (
-                log_chunks,
-                self.insert(log_chunks).on_conflict_do_nothing(index_elements=["run_id", "attempt", "seq"]),
-            ),
         ]
+        # Insert-if-absent, answering the keys it did insert: only those add to the run's size.
+        self._chunks_insert = (
+            self.insert(log_chunks)
+            .on_conflict_do_nothing(index_elements=["run_id", "attempt", "seq"])
+            .returning(log_chunks.c.run_id, log_chunks.c.attempt, log_chunks.c.seq)
+        )
+        sizes = self.insert(output_sizes)
+        self._sizes_upsert = sizes.on_conflict_do_update(
+            index_elements=["run_id"], set_={"bytes": output_sizes.c.bytes + sizes.excluded.bytes}
+        )
 
     @contextlib.asynccontextmanager
     async def writing(self) -> AsyncIterator[AsyncConnection]:
@@ -125,8 +139,21 @@ class HistoryWriter:
             for table, upsert in self._run_upserts:
                 for round_ in _rounds(rows[table.name]):
                     await conn.execute(upsert, round_)
+            await self._store_output(conn, rows[log_chunks.name])
             await self._save_position(conn, consumer, max(done, last_seq))
         return len(fresh)
+
+    async def _store_output(self, conn: AsyncConnection, chunks: list[_Row]) -> None:
+        """Insert the chunks that are not there yet, and add their bytes to `output_sizes`."""
+        added: dict[str, int] = {}
+        for round_ in _rounds(chunks):
+            sizes = {(c["run_id"], c["attempt"], c["seq"]): len(c["data"]) for c in round_}
+            for run_id, attempt, seq in await conn.execute(self._chunks_insert, round_):
+                added[run_id] = added.get(run_id, 0) + sizes[(run_id, attempt, seq)]
+        if added:
+            await conn.execute(
+                self._sizes_upsert, [{"run_id": run_id, "bytes": n} for run_id, n in sorted(added.items())]
+            )
 
     # --- jobs: one stream, applied in order; the revision guards against going backwards ---
 

@@ -118,6 +118,16 @@ log_chunks = Table(
     Column("at", UTCDateTime, nullable=False),
 )
 
+# Bytes of output stored per run (the sum of its log_chunks' data), kept by the LOGS projector
+# in the transaction that stores the chunks, so retention's byte budgets need not scan output.
+# A run without stored output has no row.
+output_sizes = Table(
+    "output_sizes",
+    metadata,
+    Column("run_id", String(36), primary_key=True),
+    Column("bytes", BigInteger, nullable=False),
+)
+
 # The last stream sequence each projector applied, committed with the rows it wrote.
 projector_positions = Table(
     "projector_positions",
