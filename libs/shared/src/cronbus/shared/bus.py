@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import nats
 from nats.aio.client import Client as NATS
@@ -27,7 +28,7 @@ MSG_ID = "Nats-Msg-Id"
 EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 
 
-async def connect(settings: Settings, name: str, **options: object) -> NATS:
+async def connect(settings: Settings, name: str, **options: Any) -> NATS:
     """A NATS connection that reconnects forever and logs its state changes."""
 
     async def on_error(exc: Exception) -> None:
@@ -47,6 +48,9 @@ async def connect(settings: Settings, name: str, **options: object) -> NATS:
         reconnect_time_wait=0.25,
         connect_timeout=5,
         allow_reconnect=True,
+        # Notice a half-open connection in ~30 s, not the client's default of minutes.
+        ping_interval=10,
+        max_outstanding_pings=3,
         error_cb=on_error,
         disconnected_cb=on_disconnect,
         reconnected_cb=on_reconnect,
@@ -172,8 +176,12 @@ class Bus:
     settings: Settings
 
     @classmethod
-    async def open(cls, settings: Settings, service: str, *, bootstrap: bool = True) -> Bus:
-        nc = await connect(settings, service)
+    async def open(
+        cls, settings: Settings, service: str, *, bootstrap: bool = True, **connect_options: Any
+    ) -> Bus:
+        """Connect (`connect_options` go to nats-py, e.g. `pending_size=0`) and, by default,
+        create or update the streams and buckets."""
+        nc = await connect(settings, service, **connect_options)
         js = nc.jetstream(timeout=5.0)
         if bootstrap:
             await ensure_topology(js, settings)
