@@ -113,22 +113,49 @@ async def output_of(
     return b"".join(c.data for c in sorted(chunks, key=lambda c: (c.attempt, c.seq)))
 
 
+class InProcessRunner:
+    """A runner service running in this process; `stop()` begins a graceful stop."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.service = RunnerService(settings)
+        self.stopping = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    async def start(self) -> RunnerService:
+        self.task = asyncio.create_task(self.service.run(self.stopping))
+        ready = asyncio.create_task(self.service.ready.wait())
+        done, _ = await asyncio.wait({ready, self.task}, timeout=15.0, return_when=asyncio.FIRST_COMPLETED)
+        if self.task in done:
+            self.task.result()
+        if ready not in done:
+            ready.cancel()
+        assert ready in done, "runner did not become ready"
+        return self.service
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    async def stopped(self) -> None:
+        """Stop (if not yet asked to) and wait until the service has ended."""
+        self.stop()
+        if self.task is not None:
+            await asyncio.wait_for(self.task, timeout=self.settings.grace_period + 20.0)
+
+
 @contextlib.asynccontextmanager
 async def running(settings: Settings, **overrides: Any) -> AsyncIterator[RunnerService]:
     """A runner service in this process until the block ends (then a graceful stop)."""
-    service = RunnerService(replace(settings, **overrides))
-    stopping = asyncio.Event()
-    task = asyncio.create_task(service.run(stopping))
+    runner = InProcessRunner(replace(settings, **overrides))
     try:
-        ready = asyncio.create_task(service.ready.wait())
-        done, _ = await asyncio.wait({ready, task}, timeout=15.0, return_when=asyncio.FIRST_COMPLETED)
-        if task in done:
-            task.result()
-        assert ready in done, "runner did not become ready"
-        yield service
+        yield await runner.start()
     finally:
-        stopping.set()
-        await asyncio.wait_for(task, timeout=settings.grace_period + 20.0)
+        await runner.stopped()
+
+
+def hold_until(path: Path) -> str:
+    """A shell snippet that waits until the test creates `path` (bounded: gives up after 60 s)."""
+    return f"i=0; while [ ! -e {path} ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done"
 
 
 def spawn_runner(settings: Settings, instance_id: str, log_path: Path, **env: str) -> subprocess.Popen[bytes]:

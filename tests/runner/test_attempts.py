@@ -5,12 +5,14 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from cronbus.runner.attempts import after_attempt, plan_delivery
+from cronbus.runner.attempts import HANDED_BACK, after_attempt, plan_delivery
+from cronbus.runner.overlap import RunningRecord
 from cronbus.shared.bus import MSG_ID, Bus
 from cronbus.shared.events import (
     Retries,
     RunFinished,
     RunStarted,
+    RunStatus,
     ShellExecutor,
     encode,
     utcnow,
@@ -26,25 +28,55 @@ def _started(attempt: int) -> RunStarted:
     return RunStarted(run_id="r", job_id="j", slot=SLOT, attempt=attempt, runner="a")
 
 
-def _finished(attempt: int, *, final: bool) -> RunFinished:
-    return RunFinished(run_id="r", job_id="j", slot=SLOT, attempt=attempt, status="failed", final=final)
+def _finished(attempt: int, *, final: bool, status: RunStatus = "failed", error: str = "") -> RunFinished:
+    return RunFinished(
+        run_id="r", job_id="j", slot=SLOT, attempt=attempt, status=status, final=final, error=error
+    )
+
+
+def _handed_back(attempt: int) -> RunFinished:
+    return _finished(attempt, final=False, status="lost", error=HANDED_BACK)
 
 
 def test_delivery_plans():
     retries = Retries(max_attempts=3)
-    assert plan_delivery(None, 1, retries).run
-    finished = plan_delivery(_finished(1, final=True), 2, retries)
+    first = plan_delivery([], retries)
+    assert (first.run, first.attempt, first.counted) == (True, 1, 0)
+    finished = plan_delivery([_started(1), _finished(1, final=True)], retries)
     assert finished.finished
     assert not finished.run
-    assert plan_delivery(_finished(1, final=False), 2, retries).run
-    lost = plan_delivery(_started(1), 2, retries)
-    assert (lost.lost_attempt, lost.lost_is_final, lost.run) == (1, False, True)
-    last = plan_delivery(_started(3), 4, retries)
+    retry = plan_delivery([_started(1), _finished(1, final=False)], retries)
+    assert (retry.run, retry.attempt, retry.counted) == (True, 2, 1)
+    lost = plan_delivery([_started(1)], retries)
+    assert (lost.lost_attempt, lost.lost_is_final, lost.run, lost.attempt, lost.counted) == (
+        1,
+        False,
+        True,
+        2,
+        1,
+    )
+    history = [_started(1), _finished(1, final=False), _started(2), _finished(2, final=False), _started(3)]
+    last = plan_delivery(history, retries)
     assert (last.lost_attempt, last.lost_is_final, last.run) == (3, True, False)
 
 
+def test_only_attempts_that_started_get_a_number_and_hand_backs_do_not_count():
+    retries = Retries(max_attempts=2)
+    # However often a message was delivered and nak'ed before it started, nothing is on RUNS.
+    assert plan_delivery([], retries).attempt == 1
+    # A hand-back has its own attempt number but leaves the budget alone.
+    plan = plan_delivery([_started(1), _handed_back(1)], retries)
+    assert (plan.attempt, plan.counted, plan.run) == (2, 0, True)
+    plan = plan_delivery([_started(1), _handed_back(1), _started(2), _finished(2, final=False)], retries)
+    assert (plan.attempt, plan.counted) == (3, 1)
+    assert not after_attempt("failed", plan.counted + 1, retries).retry_delay
+    # A lost attempt (its runner died) counts.
+    plan = plan_delivery([_started(1), _handed_back(1), _started(2)], retries)
+    assert (plan.lost_attempt, plan.attempt, plan.counted, plan.lost_is_final) == (2, 3, 1, False)
+
+
 @pytest.mark.parametrize(
-    ("status", "attempt", "final", "delay"),
+    ("status", "counted", "final", "delay"),
     [
         ("succeeded", 1, True, None),
         ("cancelled", 1, True, None),
@@ -53,8 +85,8 @@ def test_delivery_plans():
         ("failed", 3, True, None),
     ],
 )
-def test_after_attempt(status, attempt, final, delay):
-    result = after_attempt(status, attempt, Retries(max_attempts=3, backoff=10, multiplier=2))
+def test_after_attempt(status, counted, final, delay):
+    result = after_attempt(status, counted, Retries(max_attempts=3, backoff=10, multiplier=2))
     assert (result.final, result.retry_delay) == (final, delay)
 
 
@@ -152,3 +184,64 @@ async def test_malformed_and_unknown_dispatches_are_terminated_without_blocking(
             await wait_for(lambda: _settled(bus, settings), what="dispatch consumer settled")
     finally:
         await bus.close()
+
+
+async def test_hand_backs_and_naks_before_a_start_do_not_use_up_attempts(settings: Settings, tmp_path):
+    """A run handed back on a stop, and one queued (nak'ed) behind it, keep their retry budget."""
+    bus = await Bus.open(settings, "test")
+    counter = tmp_path / "count"
+    queued_ran = tmp_path / "queued-ran"
+    # Execution 1 runs until the runner stops (and is handed back), 2 fails, 3 succeeds.
+    command = (
+        f"n=$(cat {counter} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {counter}; "
+        "echo try $n; if [ $n -eq 1 ]; then sleep 60; elif [ $n -eq 2 ]; then exit 1; fi"
+    )
+    try:
+        async with running(settings, grace_period=0.5):
+            d = await dispatch(
+                bus.js,
+                settings,
+                ShellExecutor(command=command),
+                overlap="queue",
+                retries=Retries(max_attempts=2, backoff=0.1),
+            )
+            await wait_for(lambda: _has_started(bus, settings, d.run_id), what="first attempt started")
+            queued = await dispatch(
+                bus.js,
+                settings,
+                ShellExecutor(command=f"touch {queued_ran}"),
+                job_id=d.job_id,
+                overlap="queue",
+            )
+            kv = await bus.js.key_value(settings.names.running_bucket)
+
+            async def is_queued() -> bool:
+                entry = await kv.get(d.job_id)
+                record = msgspec.json.decode(entry.value or b"{}", type=RunningRecord)
+                return record.queued == queued.run_id
+
+            await wait_for(is_queued, what="second run queued")
+        # The stop handed back the running attempt and the queued delivery; another runner
+        # takes both up.
+        async with running(settings, instance_id="runner-next"):
+            result = await final_outcome(bus.js, settings, d.run_id, timeout=30)
+            finishes = [e for e in await run_events(bus.js, settings, d.run_id) if isinstance(e, RunFinished)]
+            assert [(f.attempt, f.status, f.final) for f in finishes] == [
+                (1, "lost", False),
+                (2, "failed", False),
+                (3, "succeeded", True),
+            ]
+            assert result.runner == "runner-next"
+            other = await final_outcome(bus.js, settings, queued.run_id, timeout=30)
+            assert (other.status, other.attempt) == ("succeeded", 1)
+            started = [
+                e for e in await run_events(bus.js, settings, queued.run_id) if isinstance(e, RunStarted)
+            ]
+            assert [s.attempt for s in started] == [1]
+            assert queued_ran.exists()
+    finally:
+        await bus.close()
+
+
+async def _has_started(bus: Bus, settings: Settings, run_id: str) -> bool:
+    return any(isinstance(e, RunStarted) for e in await run_events(bus.js, settings, run_id))

@@ -8,6 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from cronbus.runner import executors
 from cronbus.shared.bus import Bus
 from cronbus.shared.events import HttpExecutor, Retries
 from cronbus.shared.settings import Settings
@@ -155,5 +156,23 @@ async def test_http_runs_do_not_share_cookies(settings: Settings, server: LocalS
             reader = await dispatch(bus.js, settings, HttpExecutor(url=f"{server.url}/cookie"))
             assert (await final_outcome(bus.js, settings, reader.run_id)).status == "succeeded"
             assert (await output_of(bus.js, settings, reader.run_id)).endswith(b"none")
+    finally:
+        await bus.close()
+
+
+async def test_an_http_run_without_a_timeout_ends_when_the_server_stops_answering(
+    settings: Settings, server: LocalServer, monkeypatch: pytest.MonkeyPatch
+):
+    # The default read limit is 5 minutes; the test shortens it (the job sets no timeout).
+    assert (executors.HTTP_CONNECT_TIMEOUT, executors.HTTP_READ_TIMEOUT) == (30.0, 300.0)
+    monkeypatch.setattr(executors, "HTTP_READ_TIMEOUT", 0.5)
+    bus = await Bus.open(settings, "test")
+    try:
+        async with running(settings):
+            hang = await dispatch(bus.js, settings, HttpExecutor(url=f"{server.url}/hang"))
+            result = await final_outcome(bus.js, settings, hang.run_id, timeout=20)
+            assert result.status == "timed_out"
+            assert f"GET {server.url}/hang timed out: no progress for 0.5s" in result.error
+            assert server.hits["/hang"] == 1
     finally:
         await bus.close()

@@ -1,16 +1,23 @@
-"""The runner across its own stop and a NATS restart."""
+"""The runner across its own stop, a NATS restart or outage, and with more than one pool."""
 
 from __future__ import annotations
 
+import logging
+import uuid
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
+import psutil
+import pytest
+from nats.js.api import DiscardPolicy
+
+from cronbus.runner import runs
 from cronbus.shared.bus import Bus
-from cronbus.shared.events import RunStarted, ShellExecutor
+from cronbus.shared.events import RunFinished, RunStarted, ShellExecutor
 from cronbus.shared.natsd import EmbeddedNats
 from cronbus.shared.settings import Settings
-from tests.runner.support import dispatch, final_outcome, output_of, run_events, running
+from tests.runner.support import dispatch, final_outcome, hold_until, output_of, run_events, running
 from tests.support import wait_for
 
 
@@ -60,8 +67,6 @@ async def test_a_run_survives_a_nats_restart(tmp_path: Path, settings: Settings)
 
 
 async def test_never_more_runs_in_flight_than_the_concurrency_limit(settings: Settings):
-    from cronbus.shared.events import RunFinished
-
     bus = await Bus.open(settings, "test")
     try:
         async with running(settings, concurrency=2):
@@ -82,3 +87,98 @@ async def test_never_more_runs_in_flight_than_the_concurrency_limit(settings: Se
             assert peak == 2
     finally:
         await bus.close()
+
+
+async def test_a_runner_of_two_pools_takes_work_from_the_second_while_the_first_is_idle(settings: Settings):
+    bus = await Bus.open(settings, "test")
+    try:
+        async with running(settings, pools=("default", "gpu")):
+            gpu = await dispatch(bus.js, settings, ShellExecutor(command="echo gpu"), pool="gpu")
+            result = await final_outcome(bus.js, settings, gpu.run_id, timeout=20)
+            assert result.status == "succeeded"
+            # And the first pool is still served.
+            cpu = await dispatch(bus.js, settings, ShellExecutor(command="echo cpu"))
+            assert (await final_outcome(bus.js, settings, cpu.run_id, timeout=20)).status == "succeeded"
+    finally:
+        await bus.close()
+
+
+async def test_a_run_that_completes_while_being_handed_back_reports_its_outcome(
+    settings: Settings, tmp_path: Path
+):
+    bus = await Bus.open(settings, "test")
+    marker = f"1000.{uuid.uuid4().int % 10**6}"
+    try:
+        async with running(settings, grace_period=0.1):
+            # The command exits at once, leaving a process that ignores SIGTERM: the runner
+            # spends its 5 s SIGTERM->SIGKILL grace ending it, and the stop lands in between.
+            ready = tmp_path / "ignoring-sigterm"
+            command = (
+                f"(trap '' TERM; touch {ready}; exec sleep {marker}) & "
+                f"i=0; while [ ! -e {ready} ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done; echo done"
+            )
+            d = await dispatch(bus.js, settings, ShellExecutor(command=command))
+
+            async def ending_leftovers() -> bool:
+                return b"left running" in await output_of(bus.js, settings, d.run_id)
+
+            await wait_for(ending_leftovers, what="runner ending the leftover process")
+        # The stop handed back what was in flight; the command had finished successfully by then.
+        events = await run_events(bus.js, settings, d.run_id)
+        summary = [(type(e).__name__, e.attempt, getattr(e, "status", "")) for e in events]
+        assert summary == [("RunStarted", 1, ""), ("RunFinished", 1, "succeeded")]
+        assert isinstance(events[-1], RunFinished)
+        assert events[-1].final
+        await wait_for(lambda: _settled(bus, settings), what="dispatch acked")
+    finally:
+        for proc in psutil.process_iter(["cmdline"]):
+            if marker in " ".join(proc.info["cmdline"] or []):
+                proc.kill()
+        await bus.close()
+
+
+async def test_a_finished_run_whose_outcome_cannot_be_stored_for_long_is_not_run_again(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    # Publishes give up after max(ack_wait, floor) = 2 s here instead of 10 s.
+    monkeypatch.setattr(runs, "PUBLISH_PATIENCE_FLOOR", 1.0)
+    settings = replace(settings, ack_wait=2.0, heartbeat=0.5)
+    bus = await Bus.open(settings, "test")
+    release = tmp_path / "release"
+    count = tmp_path / "count"
+    n = settings.names
+    try:
+        async with running(settings, concurrency=1):
+            d = await dispatch(
+                bus.js, settings, ShellExecutor(command=f"echo ran >> {count}; {hold_until(release)}")
+            )
+            await wait_for(lambda: _started(bus, settings, d.run_id), what="run started")
+            # RUNS stops accepting events (as when JetStream is unavailable), then the run ends.
+            info = await bus.js.stream_info(n.runs_stream)
+            await bus.js.update_stream(
+                replace(info.config, max_msgs=info.state.messages, discard=DiscardPolicy.NEW)
+            )
+            release.touch()
+
+            def gave_up_once() -> bool:
+                return any(r.name == runs.__name__ and r.levelno >= logging.ERROR for r in caplog.records)
+
+            await wait_for(gave_up_once, timeout=30, what="runner failing to store the outcome")
+            await bus.js.update_stream(replace(info.config, max_msgs=-1, discard=DiscardPolicy.OLD))
+
+            result = await final_outcome(bus.js, settings, d.run_id, timeout=30)
+            assert (result.status, result.attempt) == ("succeeded", 1)
+            await wait_for(lambda: _settled(bus, settings), what="dispatch acked")
+            events = await run_events(bus.js, settings, d.run_id)
+            assert [(type(e).__name__, e.attempt) for e in events] == [("RunStarted", 1), ("RunFinished", 1)]
+            assert count.read_text() == "ran\n"
+    finally:
+        release.touch()
+        await bus.close()
+
+
+async def _settled(bus: Bus, settings: Settings) -> bool:
+    info = await bus.js.consumer_info(
+        settings.names.dispatch_stream, settings.names.runner_consumer("default")
+    )
+    return info.num_pending == 0 and info.num_ack_pending == 0

@@ -6,7 +6,8 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
+from pathlib import Path
 
 import msgspec
 import psutil
@@ -16,7 +17,14 @@ from cronbus.runner.overlap import Holder, RunningRecord, admit
 from cronbus.shared.bus import Bus
 from cronbus.shared.events import RunEvents, RunStarted, ShellExecutor, utcnow
 from cronbus.shared.settings import Settings
-from tests.runner.support import dispatch, final_outcome, run_events, running
+from tests.runner.support import (
+    InProcessRunner,
+    dispatch,
+    final_outcome,
+    hold_until,
+    run_events,
+    running,
+)
 from tests.support import wait_for
 
 NOW = utcnow()
@@ -72,11 +80,15 @@ async def _started_at(bus: Bus, settings: Settings, run_id: str) -> datetime:
     return result
 
 
-async def test_skip_policy_records_a_skipped_run_with_the_reason(settings: Settings):
+async def test_skip_policy_records_a_skipped_run_with_the_reason(settings: Settings, tmp_path: Path):
     bus = await Bus.open(settings, "test")
+    release = tmp_path / "release"
     try:
         async with two_runners(settings):
-            first = await dispatch(bus.js, settings, ShellExecutor(command="sleep 1.5"), overlap="skip")
+            # The first run lasts until the test lets it end.
+            first = await dispatch(
+                bus.js, settings, ShellExecutor(command=hold_until(release)), overlap="skip"
+            )
             await _started_at(bus, settings, first.run_id)
             second = await dispatch(
                 bus.js, settings, ShellExecutor(command="echo no"), job_id=first.job_id, overlap="skip"
@@ -84,6 +96,7 @@ async def test_skip_policy_records_a_skipped_run_with_the_reason(settings: Setti
             skipped = await final_outcome(bus.js, settings, second.run_id)
             assert skipped.status == "skipped"
             assert first.run_id in skipped.error
+            release.touch()
             assert (await final_outcome(bus.js, settings, first.run_id)).status == "succeeded"
             # Once the first is over, the job runs again.
             third = await dispatch(
@@ -94,11 +107,14 @@ async def test_skip_policy_records_a_skipped_run_with_the_reason(settings: Setti
         await bus.close()
 
 
-async def test_queue_policy_buffers_one_run_and_skips_the_next(settings: Settings):
+async def test_queue_policy_buffers_one_run_and_skips_the_next(settings: Settings, tmp_path: Path):
     bus = await Bus.open(settings, "test")
+    release = tmp_path / "release"
     try:
         async with two_runners(settings):
-            first = await dispatch(bus.js, settings, ShellExecutor(command="sleep 1.5"), overlap="queue")
+            first = await dispatch(
+                bus.js, settings, ShellExecutor(command=hold_until(release)), overlap="queue"
+            )
             await _started_at(bus, settings, first.run_id)
             second = await dispatch(
                 bus.js, settings, ShellExecutor(command="true"), job_id=first.job_id, overlap="queue"
@@ -116,6 +132,9 @@ async def test_queue_policy_buffers_one_run_and_skips_the_next(settings: Setting
             skipped = await final_outcome(bus.js, settings, third.run_id)
             assert skipped.status == "skipped"
             assert second.run_id in skipped.error
+            # Still waiting: nothing of the second run has started while the first holds the job.
+            assert not [e for e in await _events(bus, settings, second.run_id) if isinstance(e, RunStarted)]
+            release.touch()
             one = await final_outcome(bus.js, settings, first.run_id)
             two = await final_outcome(bus.js, settings, second.run_id)
             assert (one.status, two.status) == ("succeeded", "succeeded")
@@ -150,14 +169,17 @@ async def test_replace_policy_cancels_the_running_one(settings: Settings):
         await bus.close()
 
 
-async def test_allow_policy_runs_overlapping_slots_together(settings: Settings):
+async def test_allow_policy_runs_overlapping_slots_together(settings: Settings, tmp_path: Path):
     bus = await Bus.open(settings, "test")
+    release = tmp_path / "release"
     try:
         async with two_runners(settings):
-            first = await dispatch(bus.js, settings, ShellExecutor(command="sleep 1"))
+            hold = ShellExecutor(command=hold_until(release))
+            first = await dispatch(bus.js, settings, hold)
             await _started_at(bus, settings, first.run_id)
-            second = await dispatch(bus.js, settings, ShellExecutor(command="sleep 1"), job_id=first.job_id)
+            second = await dispatch(bus.js, settings, hold, job_id=first.job_id)
             started_second = await _started_at(bus, settings, second.run_id)
+            release.touch()
             one = await final_outcome(bus.js, settings, first.run_id)
             assert started_second < one.occurred_at
             assert (await final_outcome(bus.js, settings, second.run_id)).status == "succeeded"
@@ -226,3 +248,49 @@ async def _keys(kv) -> list[str]:
         return list(await kv.keys())
     except Exception:  # nats-py raises NoKeysError for an empty bucket
         return []
+
+
+async def test_a_stopping_runner_stays_present_while_its_runs_finish(settings: Settings, tmp_path: Path):
+    """Its grace period outlasts the presence TTL: the overlap policy must still see its runs."""
+    from cronbus.shared.status import decode_runner_presence
+
+    bus = await Bus.open(settings, "test")
+    release = tmp_path / "release"
+    ttl = max(3 * settings.heartbeat, 5.0)
+    a = InProcessRunner(replace(settings, instance_id="runner-a", grace_period=ttl + 30.0))
+    try:
+        kv = await bus.js.key_value(settings.names.runners_bucket)
+        await a.start()
+        first = await dispatch(bus.js, settings, ShellExecutor(command=hold_until(release)), overlap="skip")
+        await _started_at(bus, settings, first.run_id)
+        async with running(settings, instance_id="runner-b"):
+            a.stop()
+            stop_requested = utcnow()
+
+            async def refreshed_past_ttl() -> bool:
+                try:
+                    entry = await kv.get("runner-a")
+                except Exception:  # KeyNotFoundError once the key is gone
+                    return False
+                presence = decode_runner_presence(entry.value or b"")
+                return presence.updated_at > stop_requested + timedelta(seconds=ttl)
+
+            await wait_for(
+                refreshed_past_ttl, timeout=ttl + 15, what="stopping runner-a still present after the TTL"
+            )
+            # runner-a no longer fetches, so runner-b takes this one, and sees the first still running.
+            second = await dispatch(
+                bus.js, settings, ShellExecutor(command="echo no"), job_id=first.job_id, overlap="skip"
+            )
+            skipped = await final_outcome(bus.js, settings, second.run_id)
+            assert (skipped.status, skipped.runner) == ("skipped", "runner-b")
+            assert first.run_id in skipped.error
+            release.touch()
+            result = await final_outcome(bus.js, settings, first.run_id)
+            assert (result.status, result.runner) == ("succeeded", "runner-a")
+            await a.stopped()
+            assert "runner-a" not in await _keys(kv)
+    finally:
+        release.touch()
+        await a.stopped()
+        await bus.close()

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from http.cookiejar import CookieJar, DefaultCookiePolicy
+from collections import deque
 
-import httpx
 import nats.errors
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from cronbus.runner.executors import http_client
 from cronbus.runner.overlap import RunningRecords
 from cronbus.runner.presence import Presence
 from cronbus.runner.runs import RunHandler
@@ -27,34 +27,70 @@ from cronbus.shared.tracing import setup_tracing
 
 log = logging.getLogger(__name__)
 
-# A fetch waits at most this long for work, so a stop request is noticed promptly.
-FETCH_WAIT = 1.0
+# A fetch waits at most this long for work, so a stop request is noticed promptly (an idle
+# pool costs two pull requests a second).
+FETCH_WAIT = 0.5
 
 
 class Slots:
-    """The runner's free capacity; a fetch takes slots first, so in-flight never exceeds it."""
+    """The runner's free capacity; a fetch takes slots first, so in-flight never exceeds it.
 
-    def __init__(self, capacity: int) -> None:
+    `sharers` fetchers (one per pool) share it: each takes at most its fair share of what is
+    free, and slots given back go first to the fetchers waiting in line, so a busy or idle
+    pool cannot starve another.
+    """
+
+    def __init__(self, capacity: int, sharers: int = 1) -> None:
         self.capacity = capacity
         self.free = capacity
-        self._freed = asyncio.Event()
+        self.sharers = max(1, sharers)
+        self._waiting: deque[asyncio.Future[int]] = deque()
+
+    def _share(self) -> int:
+        return -(-self.free // self.sharers)
 
     async def take(self, stopping: asyncio.Event) -> int:
-        """All free slots (at least one), or 0 once `stopping` is set."""
-        while self.free == 0 and not stopping.is_set():
-            self._freed.clear()
-            try:
-                await asyncio.wait_for(self._freed.wait(), timeout=FETCH_WAIT)
-            except TimeoutError:
-                pass
+        """A fair share of the free slots (at least one), or 0 once `stopping` is set."""
         if stopping.is_set():
             return 0
-        taken, self.free = self.free, 0
-        return taken
+        if self.free and not self._waiting:
+            taken = self._share()
+            self.free -= taken
+            return taken
+        granted: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._waiting.append(granted)
+        try:
+            while not granted.done() and not stopping.is_set():
+                await asyncio.wait({granted}, timeout=FETCH_WAIT)
+        except BaseException:
+            self._leave(granted)
+            raise
+        if stopping.is_set():
+            self._leave(granted)
+            return 0
+        return granted.result()
 
     def give(self, count: int = 1) -> None:
         self.free += count
-        self._freed.set()
+        while self.free and self._waiting:
+            waiter = self._waiting.popleft()
+            if waiter.done():
+                continue
+            share = self._share()
+            self.free -= share
+            waiter.set_result(share)
+
+    def _leave(self, granted: asyncio.Future[int]) -> None:
+        """Leave the line; slots already granted go back."""
+        if granted.done():
+            if not granted.cancelled():
+                self.give(granted.result())
+            return
+        granted.cancel()
+        try:
+            self._waiting.remove(granted)
+        except ValueError:
+            pass
 
 
 class RunnerService:
@@ -76,22 +112,14 @@ class RunnerService:
         bus = await self._connect(stopping)
         if bus is None:
             return
-        # One pooled client for every HTTP run; keep as many connections alive as runs can be
-        # in flight, so a busy runner does not reconnect for every call.
-        http = httpx.AsyncClient(
-            timeout=None,
-            # Jobs share the client but must not share state: keep no cookies between runs.
-            cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
-            limits=httpx.Limits(
-                max_connections=settings.concurrency,
-                max_keepalive_connections=settings.concurrency,
-            ),
-        )
+        http = http_client(settings.concurrency)
         presence_task: asyncio.Task[None] | None = None
         fetchers: list[asyncio.Task[None]] = []
         cancel_sub: Subscription | None = None
         pulls: list[JetStreamContext.PullSubscription] = []
         presence: Presence | None = None
+        # Set once no run is in flight any more (finished or handed back) after a stop.
+        work_done = asyncio.Event()
         try:
             presence = Presence(await bus.js.key_value(names.runners_bucket), settings, lambda: self.running)
             records = RunningRecords(await bus.js.key_value(names.running_bucket), presence.is_live)
@@ -106,8 +134,8 @@ class RunnerService:
 
             cancel_sub = await bus.nc.subscribe(names.cancel_subject("*"), cb=on_cancel)
             await presence.publish()
-            presence_task = asyncio.create_task(presence.keep(stopping), name="runner-presence")
-            slots = Slots(settings.concurrency)
+            presence_task = asyncio.create_task(presence.keep(work_done), name="runner-presence")
+            slots = Slots(settings.concurrency, sharers=len(settings.pools))
             for pool in settings.pools:
                 sub = await self._bind(bus.js, pool)
                 pulls.append(sub)
@@ -127,6 +155,7 @@ class RunnerService:
             await asyncio.wait(fetchers, timeout=FETCH_WAIT + 5.0)
             await self._finish_in_flight(handler)
         finally:
+            work_done.set()
             for task in fetchers:
                 if not task.done():
                     task.cancel()

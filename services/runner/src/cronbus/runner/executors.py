@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 from dataclasses import dataclass, field
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any, Literal, Protocol
 
 import httpx
@@ -25,6 +26,30 @@ from cronbus.shared.events import Executor, HttpExecutor, RunStatus, ShellExecut
 log = logging.getLogger(__name__)
 
 InterruptReason = Literal["cancelled", "handed_back"]
+
+# Limits of every HTTP call, job timeout or not: an endpoint that never answers (or stops
+# sending) must not hold a run, and a slot, forever. The job's `timeout` bounds the whole call.
+HTTP_CONNECT_TIMEOUT = 30.0
+HTTP_READ_TIMEOUT = 300.0
+
+
+def http_client(concurrency: int) -> httpx.AsyncClient:
+    """The one pooled client every HTTP run of a runner shares.
+
+    It keeps as many connections alive as runs can be in flight, so a busy runner does not
+    reconnect for every call.
+    """
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(
+            connect=HTTP_CONNECT_TIMEOUT,
+            read=HTTP_READ_TIMEOUT,
+            write=HTTP_READ_TIMEOUT,
+            pool=None,
+        ),
+        # Jobs share the client but must not share state: keep no cookies between runs.
+        cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
+        limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+    )
 
 
 @dataclass(slots=True)
@@ -253,6 +278,14 @@ class HttpExecution:
             return await _http_failure(
                 control, f"could not connect to {spec.url}: {exc or type(exc).__name__}"
             )
+        except httpx.TimeoutException as exc:
+            # The client's own limits (HTTP_CONNECT_TIMEOUT, HTTP_READ_TIMEOUT), not the job's.
+            error = (
+                f"{spec.method.upper()} {spec.url} timed out: no progress for "
+                f"{_client_limit(self.client, exc):g}s ({type(exc).__name__})"
+            )
+            await control.output.note(f"cronbus: {error}")
+            return Outcome("timed_out", error=error)
         except httpx.TooManyRedirects as exc:
             return await _http_failure(control, f"too many redirects from {spec.url}: {exc}")
         except httpx.HTTPError as exc:
@@ -263,6 +296,20 @@ class HttpExecution:
             return Outcome("succeeded", exit_code=status)
         wanted = ", ".join(map(str, spec.expect_status)) if spec.expect_status else "any 2xx"
         return Outcome("failed", exit_code=status, error=f"HTTP status {status}, expected {wanted}")
+
+
+def _client_limit(client: httpx.AsyncClient, exc: httpx.TimeoutException) -> float:
+    timeout = client.timeout
+    match exc:
+        case httpx.ConnectTimeout():
+            limit = timeout.connect
+        case httpx.WriteTimeout():
+            limit = timeout.write
+        case httpx.PoolTimeout():
+            limit = timeout.pool
+        case _:
+            limit = timeout.read
+    return limit if limit is not None else 0.0
 
 
 async def _http_failure(control: RunControl, error: str) -> Outcome:

@@ -139,7 +139,7 @@ class LiveOutput:
             self._last_flush = asyncio.get_running_loop().time()
 
     async def close(self) -> None:
-        """Stop the timer and publish what is left."""
+        """Stop the timer and publish what is left (never raises: the run's outcome comes next)."""
         if self._flusher is not None:
             # Under the lock the timer is between flushes, so cancelling it loses no chunk.
             async with self._lock:
@@ -147,7 +147,12 @@ class LiveOutput:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
             self._flusher = None
-        await self.flush()
+        try:
+            await self.flush()
+        except Exception:
+            # The publisher already retried. The work is done: losing the end of its output must
+            # not make the run go back to the pool and run again.
+            log.exception("publishing the last output failed")
 
     async def _flush_periodically(self) -> None:
         loop = asyncio.get_running_loop()

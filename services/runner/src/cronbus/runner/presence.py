@@ -60,15 +60,20 @@ class Presence:
     async def publish(self) -> None:
         await self.kv.put(self.settings.instance_id, encode_status(self.snapshot()))
 
-    async def keep(self, stopping: asyncio.Event) -> None:
-        """Refresh until `stopping` is set; errors (NATS restarting) are logged and retried."""
-        while not stopping.is_set():
+    async def keep(self, until: asyncio.Event) -> None:
+        """Refresh until `until` is set; errors (NATS restarting) are logged and retried.
+
+        A stopping runner keeps its presence while it still holds runs (its grace period may
+        outlast the TTL): other runners count its runs against the job's overlap policy only
+        while it is present.
+        """
+        while not until.is_set():
             try:
                 await self.publish()
             except Exception as exc:
                 log.warning("runner presence refresh failed: %s", exc)
             try:
-                await asyncio.wait_for(stopping.wait(), timeout=self.refresh_every)
+                await asyncio.wait_for(until.wait(), timeout=self.refresh_every)
             except TimeoutError:
                 pass
 

@@ -22,7 +22,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from cronbus.runner.attempts import after_attempt, plan_delivery
+from cronbus.runner.attempts import HANDED_BACK, after_attempt, needs_history, plan_delivery
 from cronbus.runner.executors import RunControl, execution_for
 from cronbus.runner.output import Chunk, Chunker, LiveOutput
 from cronbus.runner.overlap import Holder, RunningRecords
@@ -49,6 +49,15 @@ log = logging.getLogger(__name__)
 
 # How often a run waiting behind another (overlap policy `queue`) looks again.
 QUEUE_POLL = 0.25
+# Publishes are retried for max(ack_wait, this) seconds, long enough to ride out a NATS restart.
+PUBLISH_PATIENCE_FLOOR = 10.0
+# A run has a handful of events per attempt; this only bounds a corrupted history.
+MAX_RUN_EVENTS = 10_000
+
+
+def finished_msg_id(run_id: str, attempt: int) -> str:
+    """The `Nats-Msg-Id` of an attempt's `run.finished`: one outcome per attempt is stored."""
+    return f"{run_id}:{attempt}:finished"
 
 
 class EventPublisher:
@@ -58,10 +67,23 @@ class EventPublisher:
         self.js = js
         self.patience = patience
 
-    async def publish(self, subject: str, event: Event, msg_id: str | None = None) -> None:
+    async def publish(
+        self,
+        subject: str,
+        event: Event,
+        msg_id: str | None = None,
+        *,
+        persist: Callable[[], bool] | None = None,
+    ) -> None:
+        """Publish and wait for the PubAck, retrying for `patience` seconds.
+
+        With `persist`, retries go on past the patience for as long as `persist()` is true.
+        """
         headers = inject_headers({MSG_ID: msg_id} if msg_id else None)
         payload = encode(event)
-        await self._retrying(lambda: self.js.publish(subject, payload, headers=headers), f"publish {subject}")
+        await self._retrying(
+            lambda: self.js.publish(subject, payload, headers=headers), f"publish {subject}", persist
+        )
 
     async def last_run_event(self, stream: str, subject: str) -> RunEvents | None:
         async def read() -> RunEvents | None:
@@ -79,16 +101,51 @@ class EventPublisher:
         assert result is None or isinstance(result, RunDispatched | RunStarted | RunFinished)
         return result
 
-    async def _retrying(self, op: Callable[[], Awaitable[object]], what: str) -> object:
+    async def run_history(self, stream: str, subject: str) -> list[RunEvents]:
+        """Every readable event on `subject`, oldest first."""
+
+        async def read() -> list[RunEvents]:
+            events: list[RunEvents] = []
+            seq = 1
+            for _ in range(MAX_RUN_EVENTS):
+                try:
+                    raw = await self.js.get_msg(stream, seq=seq, subject=subject, next=True)
+                except NotFoundError:
+                    break
+                try:
+                    events.append(decode_run_event(raw.data or b""))
+                except MalformedEvent as exc:
+                    log.warning("skipping an unreadable event on %s: %s", subject, exc)
+                assert raw.seq is not None
+                seq = raw.seq + 1
+            return events
+
+        result = await self._retrying(read, f"read {subject}")
+        assert isinstance(result, list)
+        return result
+
+    async def _retrying(
+        self, op: Callable[[], Awaitable[object]], what: str, persist: Callable[[], bool] | None = None
+    ) -> object:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.patience
         pause = 0.1
+        overdue = False
         while True:
             try:
                 return await op()
             except Exception as exc:
                 if loop.time() + pause > deadline:
-                    raise
+                    if persist is None or not persist():
+                        raise
+                    if not overdue:
+                        overdue = True
+                        log.error(
+                            "%s failed for %.0fs (%s); retrying until it succeeds",
+                            what,
+                            self.patience,
+                            exc or type(exc).__name__,
+                        )
                 log.warning("%s failed (%s); retrying", what, exc or type(exc).__name__)
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 1.0)
@@ -114,7 +171,7 @@ class RunHandler:
         self.http = http
         self.records = records
         self.stopping = stopping
-        self.events = EventPublisher(js, patience=max(settings.ack_wait, 10.0))
+        self.events = EventPublisher(js, patience=max(settings.ack_wait, PUBLISH_PATIENCE_FLOOR))
         self.active: dict[str, RunControl] = {}
         self._handing_back = False
         self.host = socket.gethostname()
@@ -144,7 +201,7 @@ class RunHandler:
                 except MalformedEvent as exc:
                     await self._reject(msg, exc)
                     return
-                await self._handle(msg, dispatch, msg.metadata.num_delivered)
+                await self._handle(msg, dispatch)
         except Exception:
             log.exception("handling dispatch %s failed; it will be delivered again", _describe(msg))
             try:
@@ -172,13 +229,15 @@ class RunHandler:
             return
         error = f"this runner cannot run the dispatch: {exc}"
         log.error("run %s of job %s: %s", ident.run_id, ident.job_id, error)
+        subject = self.names.run_subject(ident.job_id, ident.run_id)
+        last = await self.events.last_run_event(self.names.runs_stream, subject)
         await self.events.publish(
-            self.names.run_subject(ident.job_id, ident.run_id),
+            subject,
             RunFinished(
                 run_id=ident.run_id,
                 job_id=ident.job_id,
                 slot=ident.slot,
-                attempt=msg.metadata.num_delivered,
+                attempt=last.attempt + 1 if isinstance(last, RunStarted | RunFinished) else 1,
                 status="failed",
                 runner=self.settings.instance_id,
                 error=error,
@@ -198,13 +257,18 @@ class RunHandler:
             **fields,  # type: ignore[arg-type]
         )
 
-    async def _handle(self, msg: Msg, d: RunDispatched, attempt: int) -> None:
+    async def _handle(self, msg: Msg, d: RunDispatched) -> None:
         subject = self.names.run_subject(d.job_id, d.run_id)
         retries = d.spec.retries
         last = await self.events.last_run_event(self.names.runs_stream, subject)
-        plan = plan_delivery(last, attempt, retries)
+        # A first delivery needs one read; only a run with earlier attempts needs its history.
+        history = [] if last is None else [last]
+        if needs_history(last):
+            history = await self.events.run_history(self.names.runs_stream, subject)
+        plan = plan_delivery(history, retries)
+        attempt = plan.attempt
         if plan.finished:
-            log.info("run %s already finished; acking delivery %d", d.run_id, attempt)
+            log.info("run %s already finished; acking delivery %d", d.run_id, msg.metadata.num_delivered)
             await msg.ack()
             return
         if plan.lost_attempt is not None:
@@ -221,7 +285,7 @@ class RunHandler:
                     error=f"attempt {plan.lost_attempt} started on runner {who}, which stopped "
                     "reporting before it finished",
                 ),
-                msg_id=f"{d.run_id}:{plan.lost_attempt}:finished",
+                msg_id=finished_msg_id(d.run_id, plan.lost_attempt),
             )
             if plan.lost_is_final:
                 await msg.ack()
@@ -237,7 +301,7 @@ class RunHandler:
             if d.spec.overlap != "allow" and not await self._admit(msg, d, attempt, control):
                 return
             try:
-                await self._execute(msg, d, attempt, control)
+                await self._execute(msg, d, plan.attempt, plan.counted, control)
             finally:
                 if d.spec.overlap != "allow":
                     await self._release(d)
@@ -259,7 +323,7 @@ class RunHandler:
                 await self.events.publish(
                     subject,
                     self._finished(d, attempt, status="skipped", error=admission.reason),
-                    msg_id=f"{d.run_id}:{attempt}:finished",
+                    msg_id=finished_msg_id(d.run_id, attempt),
                 )
                 await msg.ack()
                 return False
@@ -274,7 +338,7 @@ class RunHandler:
                     await self.events.publish(
                         subject,
                         self._finished(d, attempt, status="cancelled", error="cancelled while queued"),
-                        msg_id=f"{d.run_id}:{attempt}:finished",
+                        msg_id=finished_msg_id(d.run_id, attempt),
                     )
                     await msg.ack()
                 else:
@@ -305,7 +369,10 @@ class RunHandler:
 
         return publish
 
-    async def _execute(self, msg: Msg, d: RunDispatched, attempt: int, control: RunControl) -> None:
+    async def _execute(
+        self, msg: Msg, d: RunDispatched, attempt: int, counted: int, control: RunControl
+    ) -> None:
+        """Run attempt `attempt`; `counted` attempts before it count against `max_attempts`."""
         subject = self.names.run_subject(d.job_id, d.run_id)
         await self.events.publish(
             subject,
@@ -329,29 +396,40 @@ class RunHandler:
         common: dict[str, Any] = {
             "exit_code": outcome.exit_code,
             "duration_ms": duration_ms,
-            "error": outcome.error,
             "cpu_ms": outcome.cpu_ms,
             "peak_rss_bytes": outcome.peak_rss_bytes,
             "output_bytes": chunker.total_bytes,
             "truncated": chunker.truncated,
         }
-        if control.reason == "handed_back":
-            # Not the job's failure: the next delivery (another runner) runs it again.
+        if control.reason == "handed_back" and outcome.status == "cancelled":
+            # Ended by the hand-back, not by the job: the next delivery (another runner) runs
+            # it again, and this attempt does not count against `max_attempts`.
             await self.events.publish(
                 subject,
-                self._finished(d, attempt, status="lost", final=False, **common),
-                msg_id=f"{d.run_id}:{attempt}:finished",
+                self._finished(d, attempt, status="lost", final=False, error=HANDED_BACK, **common),
+                msg_id=finished_msg_id(d.run_id, attempt),
             )
             await msg.nak()
             return
-        result = after_attempt(outcome.status, attempt, d.spec.retries)
+        # The work happened (whatever an interrupt arriving at the last moment says): report
+        # what it did. Until this is stored the message must not go back, or the next delivery
+        # would record the attempt lost and do the work again, so keep trying (the heartbeat
+        # keeps the message) unless the runner is handing its runs back.
+        result = after_attempt(outcome.status, counted + 1, d.spec.retries)
         retry_at = None if result.retry_delay is None else utcnow() + timedelta(seconds=result.retry_delay)
         await self.events.publish(
             subject,
             self._finished(
-                d, attempt, status=outcome.status, final=result.final, retry_at=retry_at, **common
+                d,
+                attempt,
+                status=outcome.status,
+                final=result.final,
+                retry_at=retry_at,
+                error=outcome.error,
+                **common,
             ),
-            msg_id=f"{d.run_id}:{attempt}:finished",
+            msg_id=finished_msg_id(d.run_id, attempt),
+            persist=lambda: not self._handing_back,
         )
         log.info(
             "run %s of job %s attempt %d: %s%s",
