@@ -5,17 +5,23 @@ published once the fence closes."""
 from __future__ import annotations
 
 import asyncio
+import random
 import time
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from nats.js.api import PubAck
+from nats.js.errors import NoStreamResponseError
 
-from cronbus.scheduler.dispatch import Dispatcher
+from cronbus.scheduler.dispatch import Dispatcher, encode_dispatch, run_id_of
 from cronbus.scheduler.domain import Due, Fence, Timetable, to_ms
-from cronbus.shared.bus import MSG_ID
-from cronbus.shared.events import JobCreated, decode_dispatch
+from cronbus.scheduler.publish import AckedPublisher
+from cronbus.shared.bus import MSG_ID, Bus
+from cronbus.shared.events import JobCreated, RunDispatched, decode_dispatch, run_id_for
 from cronbus.shared.names import Names
+from cronbus.shared.settings import Settings
 from tests.scheduler.support import spec
 from tests.support import wait_for
 
@@ -91,3 +97,63 @@ async def test_an_ended_term_stops_retrying() -> None:
     assert dispatcher.unfinished_slots_ms == []
     assert js.stored == []
     assert len(js.attempts) == tried
+
+
+# --- the encoded event and the publisher --------------------------------------------------------
+
+
+def test_the_encoded_dispatch_is_the_event_a_runner_decodes() -> None:
+    _, _, table = _setup([])
+    job = table.jobs["a"]
+    due = Due("a", to_ms(SLOT), SLOT.timestamp() + 0.25, "catchup")
+    payload, lateness_ms = encode_dispatch(due, job, scheduler="me", now=SLOT.timestamp() + 0.5, attempt=2)
+    event = decode_dispatch(payload)
+    expected = RunDispatched(
+        event_id=event.event_id,
+        occurred_at=event.occurred_at,
+        run_id=run_id_for("a", SLOT),
+        job_id="a",
+        slot=SLOT,
+        attempt=2,
+        pool="p",
+        spec=job.spec,
+        job_revision=3,
+        trigger="catchup",
+        dispatched_at=datetime.fromtimestamp(SLOT.timestamp() + 0.5, UTC),
+        lateness_ms=250.0,
+        scheduler="me",
+    )
+    assert event == expected
+    assert lateness_ms == 250.0
+    assert len(event.event_id) == 32 and uuid.UUID(event.event_id).version == 4
+
+
+def test_run_ids_match_the_shared_derivation() -> None:
+    rng = random.Random(1)
+    for _ in range(500):
+        job_id = "".join(rng.choice("abcxyz-_0123456789é") for _ in range(rng.randint(1, 40)))
+        slot_ms = rng.randint(0, 4_000_000_000_000)
+        slot = datetime.fromtimestamp(slot_ms / 1000, UTC)
+        assert run_id_of(job_id, slot_ms) == run_id_for(job_id, slot), (job_id, slot_ms)
+
+
+async def test_the_acked_publisher_reports_stored_duplicate_and_missing_stream(settings: Settings) -> None:
+    bus = await Bus.open(settings, "test")
+    publisher = AckedPublisher(bus.nc)
+    await publisher.start()
+    try:
+        subject = settings.names.dispatch_subject("default", "a")
+        first = await asyncio.wait_for(
+            await publisher.publish_async(subject, b"{}", headers={MSG_ID: "a:1"}), timeout=5
+        )
+        again = await asyncio.wait_for(
+            await publisher.publish_async(subject, b"{}", headers={MSG_ID: "a:1"}), timeout=5
+        )
+        assert (first.seq, bool(first.duplicate)) == (1, False)
+        assert again.duplicate
+        with pytest.raises(NoStreamResponseError):
+            await asyncio.wait_for(await publisher.publish_async("nowhere.at.all", b"{}"), timeout=5)
+        assert publisher.waiting == 0
+    finally:
+        await publisher.stop()
+        await bus.close()

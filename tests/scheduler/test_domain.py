@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from cronbus.scheduler.domain import Fence, Timetable, catchup_slots, to_ms, watermark_of
+from cronbus.scheduler.domain import Due, Fence, Timetable, catchup_slots, to_ms, watermark_of
 from cronbus.shared.events import Catchup, JobCreated, JobDeleted, JobPaused, JobResumed, JobUpdated
 from cronbus.shared.schedule import Schedule, jitter_for
 from tests.scheduler.support import spec
@@ -18,8 +18,12 @@ def at(seconds: float) -> datetime:
     return datetime.fromtimestamp(T0 + seconds, UTC)
 
 
-def slots_of(due: list) -> list[float]:  # type: ignore[type-arg]
+def slots_of(due: list[Due]) -> list[float]:
     return [d.slot_ms / 1000 - T0 for d in due]
+
+
+def triggered(due: list[Due]) -> list[tuple[float, str]]:
+    return [(d.slot_ms / 1000 - T0, d.trigger) for d in due]
 
 
 EVERY_SECOND = Schedule.parse("* * * * * *")
@@ -238,3 +242,188 @@ def test_created_in_the_past_does_not_replay_old_slots_live() -> None:
     table.lead(T0, T0, set())
     table.apply(created("a", when=-3600), T0)
     assert slots_of(table.pop_due(T0)) == [-4, -3, -2, -1, 0]
+
+
+# --- changes never lose an owed slot ------------------------------------------------------------
+
+
+def updated(job_id: str, revision: int, when: float, schedule: str = "*/5 * * * * *") -> JobUpdated:
+    return JobUpdated(job_id=job_id, revision=revision, spec=spec(schedule), occurred_at=at(when))
+
+
+def test_a_slot_due_before_an_update_is_dispatched_as_the_old_definition_said() -> None:
+    table = Timetable()
+    table.lead(T0, T0, set())
+    table.apply(created("a"), T0)
+    assert slots_of(table.pop_due(T0 + 1)) == [1]
+    # Slot 2 is due, but the loop has not popped it yet when the update arrives.
+    table.apply(updated("a", 2, when=2.0003), T0 + 2.0005)
+    due = table.pop_due(T0 + 2.001)
+    assert slots_of(due) == [2]
+    assert due[0].job is not None and due[0].job.revision == 1
+    assert due[0].job.schedule == EVERY_SECOND
+    # From then on the new definition decides.
+    assert table.pop_due(T0 + 4.9) == []
+    due = table.pop_due(T0 + 5)
+    assert slots_of(due) == [5] and due[0].job is not None and due[0].job.revision == 2
+
+
+def test_a_jittered_slot_whose_fire_time_is_after_the_update_is_kept() -> None:
+    table = Timetable()
+    table.lead(T0, T0, set())
+    table.apply(created("a", "*/10 * * * * *", jitter=5.0), T0)
+    fire_at = (at(10) + jitter_for("a", at(10), 5.0)).timestamp()
+    assert fire_at > T0 + 10.001
+    table.apply(updated("a", 2, when=10.001, schedule="0 0 * * *"), T0 + 10.001)
+    assert table.pop_due(fire_at - 0.0001) == []
+    assert slots_of(table.pop_due(fire_at)) == [10]
+    assert table.pop_due(T0 + 100) == []
+
+
+def test_a_slot_due_before_a_pause_is_dispatched_and_none_after() -> None:
+    table = Timetable()
+    table.lead(T0, T0, set())
+    table.apply(created("a", catchup=Catchup(policy="skip")), T0)
+    assert slots_of(table.pop_due(T0 + 1)) == [1]
+    table.apply(JobPaused(job_id="a", revision=2, occurred_at=at(2.0003)), T0 + 2.0005)
+    assert slots_of(table.pop_due(T0 + 2.001)) == [2]
+    assert table.pop_due(T0 + 30) == []
+
+
+def test_queued_catch_up_survives_an_update_but_not_a_delete() -> None:
+    table = Timetable()
+    table.apply(created("a", when=-1000), T0)
+    table.apply(created("b", when=-1000), T0)
+    assert table.lead(T0 - 20, T0, set()) == 40
+    table.apply(updated("a", 2, when=0.0001), T0 + 0.0002)
+    table.apply(JobDeleted(job_id="b", revision=2, occurred_at=at(0.0001)), T0 + 0.0002)
+    due = table.pop_due(T0 + 0.001)
+    assert slots_of(due) == [float(s) for s in range(-19, 1)]
+    assert {d.job_id for d in due} == {"a"}
+
+
+def test_takeover_dispatches_what_the_old_definition_still_owed() -> None:
+    table = Timetable()
+    table.apply(created("a", when=-100), T0 - 100)
+    table.apply(updated("a", 2, when=-2.5, schedule="*/10 * * * * *"), T0 - 2.5)
+    # The old leader's watermark is -5: slots -4 and -3 (every second) were never dispatched.
+    table.lead(T0 - 5, T0, set())
+    due = table.pop_due(T0)
+    assert [(s, d.job.revision if d.job else None) for s, d in zip(slots_of(due), due, strict=True)] == [
+        (-4, 1),
+        (-3, 1),
+        (0, 2),
+    ]
+
+
+def test_takeover_dispatches_what_was_owed_before_a_pause() -> None:
+    table = Timetable()
+    table.apply(created("a", when=-100), T0 - 100)
+    table.apply(JobPaused(job_id="a", revision=2, occurred_at=at(-2.5)), T0 - 2.5)
+    table.lead(T0 - 5, T0, set())
+    assert slots_of(table.pop_due(T0 + 10)) == [-4, -3]
+
+
+# --- pause and resume: the same answer live and at takeover ----------------------------------
+
+
+def paused_and_resumed(
+    policy: str, paused: float, resumed: float, window: float = 3600
+) -> list[JobCreated | JobPaused | JobResumed]:
+    return [
+        created("a", when=-1000, catchup=Catchup(policy=policy, window=window)),  # type: ignore[arg-type]
+        JobPaused(job_id="a", revision=2, occurred_at=at(paused)),
+        JobResumed(job_id="a", revision=3, occurred_at=at(resumed)),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [
+        ("skip", []),
+        ("latest", [(-2.0, "catchup")]),
+        ("all", [(float(s), "catchup") for s in range(-19, -1)]),
+    ],
+)
+def test_a_takeover_after_a_resume_settles_the_pause_as_the_resuming_leader_did(
+    policy: str, expected: list[tuple[float, str]]
+) -> None:
+    """Pause at -20, resume at -1.5, leader gone with watermark -4: the new leader must not take
+    the paused slots -3 and -2 for ordinary late slots (they are inside its grace)."""
+    events = paused_and_resumed(policy, paused=-20, resumed=-1.5)
+    live = Timetable()
+    live.lead(T0 - 1000, T0 - 1000, set())
+    live.apply(events[0], T0 - 1000)
+    assert len(live.pop_due(T0 - 20)) == 980
+    for event in events[1:]:
+        live.apply(event, event.occurred_at.timestamp())
+    assert triggered(live.pop_due(T0 - 1.5)) == expected
+
+    standby = Timetable()
+    for event in events:
+        standby.apply(event, event.occurred_at.timestamp())
+    standby.lead(T0 - 4, T0, set())
+    assert triggered(standby.pop_due(T0)) == [
+        *expected,
+        (-1.0, "schedule"),
+        (0.0, "schedule"),
+    ]
+    # What the resuming leader already dispatched is skipped, so nothing goes out twice.
+    again = Timetable()
+    for event in events:
+        again.apply(event, event.occurred_at.timestamp())
+    again.lead(T0 - 4, T0, {f"a:{to_ms(at(s))}" for s, _ in expected})
+    assert slots_of(again.pop_due(T0)) == [-1.0, 0.0]
+
+
+def test_a_resume_the_old_leader_settled_long_before_is_not_revisited() -> None:
+    table = Timetable()
+    for event in paused_and_resumed("all", paused=-60, resumed=-30):
+        table.apply(event, event.occurred_at.timestamp())
+    table.lead(T0 - 4, T0, set())
+    assert slots_of(table.pop_due(T0)) == [-3, -2, -1, 0]
+
+
+def test_a_job_still_paused_at_takeover_owes_nothing_from_the_pause() -> None:
+    table = Timetable()
+    events = paused_and_resumed("all", paused=-20, resumed=0)[:2]
+    for event in events:
+        table.apply(event, event.occurred_at.timestamp())
+    table.lead(T0 - 30, T0, set())
+    # Slots up to the pause were owed (the leader was down from -30); none of the pause.
+    assert slots_of(table.pop_due(T0 + 100)) == [float(s) for s in range(-29, -19)]
+
+
+def test_a_schedule_that_fails_at_run_time_is_reported_and_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_next_after = Schedule.next_after
+
+    def failing(self: Schedule, after: datetime) -> datetime | None:
+        if self.expression == "*/3 * * * * *":
+            raise OverflowError("date value out of range")
+        return real_next_after(self, after)
+
+    monkeypatch.setattr(Schedule, "next_after", failing)
+    table = Timetable()
+    table.lead(T0, T0, set())
+    table.apply(created("bad", "*/3 * * * * *"), T0)
+    table.apply(created("good"), T0)
+    due = table.pop_due(T0 + 3)
+    assert slots_of(due) == [1, 2, 3] and {d.job_id for d in due} == {"good"}
+    assert "failed at run time" in table.schedule_errors["bad"]
+    assert "date value out of range" in table.schedule_errors["bad"]
+
+
+def test_a_queued_slot_of_an_earlier_state_holds_the_watermark_back() -> None:
+    table = Timetable()
+    table.lead(T0, T0, set())
+    table.apply(created("a", "*/10 * * * * *", jitter=5.0), T0)
+    fire_at = (at(10) + jitter_for("a", at(10), 5.0)).timestamp()
+    # The update drops the jitter: the largest jitter left is 0, but slot 10 still waits.
+    table.apply(updated("a", 2, when=10.001, schedule="0 0 * * *"), T0 + 10.001)
+    assert table.max_jitter == 0.0
+    assert table.oldest_queued_slot_ms == to_ms(at(10))
+    processed_until = fire_at - 0.001
+    w = watermark_of(processed_until, [table.oldest_queued_slot_ms], table.max_jitter)
+    assert w < T0 + 10
+    table.pop_due(fire_at)
+    assert table.oldest_queued_slot_ms is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -14,6 +15,7 @@ import pytest
 from nats.js.errors import KeyNotFoundError
 
 from cronbus.scheduler.app import STATUS_KEY, WATERMARK_KEY, SchedulerService, Watermark
+from cronbus.scheduler.feed import JobFeed
 from cronbus.scheduler.lease import LEASE_KEY
 from cronbus.shared.bus import Bus
 from cronbus.shared.events import (
@@ -203,3 +205,25 @@ async def test_restart_catches_up_missed_slots_by_policy(settings: Settings, bus
     # `all` has no gap at all: every second from its first slot to its last.
     slots = sorted(d.event.slot for d in dispatches if d.event.job_id == "all")
     assert slots == [slots[0] + timedelta(seconds=i) for i in range(len(slots))]
+
+
+async def test_a_malformed_jobs_message_is_logged_with_its_sequence_and_skipped(
+    settings: Settings, bus: Bus, caplog: pytest.LogCaptureFixture
+) -> None:
+    names = settings.names
+    await create_job(bus.js, names, "before", spec("0 3 * * *"))
+    await publish_job_raw(bus, names.job_subject("broken"), b'{"type": "job.created", "job_id": 7')
+    await create_job(bus.js, names, "after", spec("0 3 * * *"))
+    seen: list[str] = []
+    feed = JobFeed(bus.js, names, lambda event: seen.append(event.job_id))
+    stopping = asyncio.Event()
+    with caplog.at_level(logging.ERROR, logger="cronbus.scheduler.feed"):
+        task = asyncio.create_task(feed.run(stopping))
+        try:
+            await asyncio.wait_for(feed.caught_up.wait(), timeout=10)
+            await wait_for(lambda: seen == ["before", "after"], what="both valid events applied")
+        finally:
+            stopping.set()
+            await asyncio.wait_for(task, timeout=10)
+    assert feed.last_seq == 3
+    assert any("malformed" in r.getMessage() and "seq 2" in r.getMessage() for r in caplog.records)

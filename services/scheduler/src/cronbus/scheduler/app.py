@@ -21,10 +21,18 @@ from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from cronbus.scheduler.dispatch import Dispatcher
-from cronbus.scheduler.domain import DEFAULT_GRACE, Fence, Timetable, to_datetime, watermark_of
+from cronbus.scheduler.domain import (
+    DEFAULT_GRACE,
+    HISTORY_MARGIN,
+    Fence,
+    Timetable,
+    to_datetime,
+    watermark_of,
+)
 from cronbus.scheduler.feed import JobFeed
 from cronbus.scheduler.history import dispatched_since
 from cronbus.scheduler.lease import Lease
+from cronbus.scheduler.publish import AckedPublisher
 from cronbus.shared.bus import Bus
 from cronbus.shared.events import JobEvents
 from cronbus.shared.settings import Settings
@@ -37,8 +45,6 @@ WATERMARK_KEY = "watermark"
 STATUS_KEY = "status"
 # How often the leader persists the watermark and its status.
 STATE_INTERVAL = 1.0
-# DISPATCH is read from this long before the watermark (clock differences between replicas).
-HISTORY_MARGIN = 10.0
 
 
 class Watermark(msgspec.Struct, kw_only=True):
@@ -66,6 +72,7 @@ class SchedulerService:
         self._dispatcher: Dispatcher | None = None
         self._processed_until = 0.0
         self._lease: Lease | None = None
+        self._publisher: AckedPublisher | None = None
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -84,6 +91,8 @@ class SchedulerService:
                 leader_kv, self.settings.instance_id, self.fence, timeout=self.settings.lease_renew
             )
             feed = JobFeed(bus.js, names, self._on_event)
+            self._publisher = AckedPublisher(bus.nc)
+            await self._publisher.start()
 
             def spawn(coro: Coroutine[Any, Any, None], name: str) -> None:
                 tasks.append(asyncio.create_task(coro, name=f"scheduler-{name}"))
@@ -133,6 +142,8 @@ class SchedulerService:
                     await asyncio.wait_for(self._write_state(state_kv), timeout=1.0)
         if self._lease is not None:
             await self._lease.release()
+        if self._publisher is not None:
+            await self._publisher.stop()
         for task in tasks:
             task.cancel()
         if tasks:
@@ -199,9 +210,12 @@ class SchedulerService:
             await lease.release()
             return
         now = time.time()
-        self._dispatcher = Dispatcher(bus.js, self.settings.names, self.settings.instance_id, self.fence)
+        assert self._publisher is not None
+        self._dispatcher = Dispatcher(
+            self._publisher, self.settings.names, self.settings.instance_id, self.fence
+        )
         self._processed_until = watermark
-        queued = self.timetable.lead(watermark, now, dispatched)
+        queued = self.timetable.lead(watermark, now, dispatched, settled_before=watermark - HISTORY_MARGIN)
         self.leading.set()
         self._wake.set()
         log.info(
@@ -254,22 +268,25 @@ class SchedulerService:
             dispatcher = self._dispatcher
             assert dispatcher is not None
             now = time.time()
+            batch = []
             for due in self.timetable.pop_due(now):
-                job = self.timetable.jobs.get(due.job_id)
-                if job is None or not self.leading.is_set():
-                    continue
-                try:
-                    await dispatcher.submit(due, job)
-                except TimeoutError:
-                    log.error(
-                        "dispatch window stayed full; job %s slot %s left to the next term",
-                        due.job_id,
-                        due.slot,
-                    )
-                    dispatcher.fenced = True
-                    break
+                # The state that decided the slot: a slot owed by a definition that was since
+                # updated goes out as that definition said.
+                job = due.job if due.job is not None else self.timetable.jobs.get(due.job_id)
+                if job is not None:
+                    batch.append((due, job))
+            try:
+                # A step-down in the middle of the batch ends the dispatcher's term: it publishes
+                # nothing more of it.
+                await dispatcher.submit_all(batch)
+            except TimeoutError:
+                log.error("dispatch window stayed full; due slots left to the next term")
+                dispatcher.fenced = True
             nxt = self.timetable.next_fire_at()
-            self._processed_until = now if nxt is None or nxt > now else min(now, nxt - 0.001)
+            if not dispatcher.fenced:
+                # A fenced term may have dropped popped slots: its watermark stays before them,
+                # so the next leader starts there.
+                self._processed_until = now if nxt is None or nxt > now else min(now, nxt - 0.001)
             delay = 0.5 if nxt is None else max(0.0, min(0.5, nxt - time.time()))
             if delay > 0:
                 with contextlib.suppress(TimeoutError):
@@ -292,9 +309,10 @@ class SchedulerService:
     async def _write_state(self, kv: KeyValue) -> None:
         dispatcher = self._dispatcher
         assert dispatcher is not None
-        watermark = watermark_of(
-            self._processed_until, dispatcher.unfinished_slots_ms, self.timetable.max_jitter
-        )
+        unfinished = dispatcher.unfinished_slots_ms
+        if (queued := self.timetable.oldest_queued_slot_ms) is not None:
+            unfinished.append(queued)
+        watermark = watermark_of(self._processed_until, unfinished, self.timetable.max_jitter)
         when = to_datetime(watermark)
         await kv.put(WATERMARK_KEY, msgspec.json.encode(Watermark(at=when, leader=self.settings.instance_id)))
         lease = self._lease

@@ -10,8 +10,10 @@ import logging
 import sys
 import zlib
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from itertools import count
+from typing import TypeVar
 
 import msgspec
 
@@ -37,6 +39,11 @@ log = logging.getLogger(__name__)
 DEFAULT_GRACE = 5.0
 # A job with policy `all` never dispatches more than this many missed slots at once.
 MAX_CATCHUP_SLOTS = 10_000
+# A takeover reads DISPATCH from this long before the watermark (clock differences between
+# replicas), and settles the resumes that happened since then.
+HISTORY_MARGIN = 10.0
+
+_T = TypeVar("_T")
 
 _spec_encoder = msgspec.json.Encoder()
 _spec_decoder = msgspec.json.Decoder(JobSpec)
@@ -56,9 +63,14 @@ def pack_spec(spec: JobSpec) -> bytes:
     return packer.compress(_spec_encoder.encode(spec)) + packer.flush()
 
 
-def unpack_spec(packed: bytes) -> JobSpec:
+def unpack_spec_json(packed: bytes) -> bytes:
+    """The spec's JSON as `pack_spec` received it."""
     unpacker = zlib.decompressobj(-15, zdict=_SPEC_DICTIONARY)
-    return _spec_decoder.decode(unpacker.decompress(packed) + unpacker.flush())
+    return unpacker.decompress(packed) + unpacker.flush()
+
+
+def unpack_spec(packed: bytes) -> JobSpec:
+    return _spec_decoder.decode(unpack_spec_json(packed))
 
 
 def to_datetime(seconds: float) -> datetime:
@@ -71,8 +83,13 @@ def to_ms(instant: datetime) -> int:
 
 @dataclass(slots=True)
 class Job:
-    """What the scheduler keeps per job. The spec is kept packed (see `pack_spec`): at 100k jobs
-    a decoded JobSpec (several Structs and dicts each) costs ten times as much memory."""
+    """One state of a job: its definition and whether it is paused, in effect from `since`.
+
+    Every JOBS event that changes a job makes a new state and links the one it replaces as
+    `earlier`. A slot belongs to the state in effect at its nominal time, so a takeover or a
+    resume can settle slots that an older state owed. The spec is kept packed (see
+    `pack_spec`): at 100k jobs a decoded JobSpec (several Structs and dicts each) costs ten
+    times as much memory."""
 
     job_id: str
     revision: int
@@ -85,37 +102,92 @@ class Job:
     catchup_window: float
     start_at: datetime | None
     end_at: datetime | None
-    paused: bool = False
+    # When the job was paused (None: it is not).
     paused_at: float | None = None
-    # When the current schedule took effect (the create or update event): no slot before it.
+    # When this state took effect (the event's time): it decides the slots after it.
     since: float = 0.0
-    # Slots at or before `cursor` are handled (dispatched, skipped or before the job existed).
+    # Slots at or before `cursor` are handled (dispatched, queued, skipped or before the job
+    # existed).
     cursor: float = 0.0
     # Bumped on every change, so heap entries planned under an older state are ignored.
     generation: int = 0
+    # The state before `since`, kept while slots it decided may still be owed (see `owed`).
+    earlier: Job | None = None
+
+    @property
+    def paused(self) -> bool:
+        return self.paused_at is not None
 
     @property
     def spec(self) -> JobSpec:
         return unpack_spec(self.packed_spec)
+
+    @property
+    def spec_json(self) -> bytes:
+        """The spec as JSON, ready to embed in an event without decoding it."""
+        return unpack_spec_json(self.packed_spec)
 
     def in_bounds(self, slot: datetime) -> bool:
         if self.start_at is not None and slot < self.start_at:
             return False
         return self.end_at is None or slot <= self.end_at
 
+    def history(self) -> list[Job]:
+        """This state and the earlier ones still kept, oldest first."""
+        states: list[Job] = []
+        state: Job | None = self
+        while state is not None:
+            states.append(state)
+            state = state.earlier
+        states.reverse()
+        return states
+
+    def forget_before(self, horizon: float) -> None:
+        """Drop the states that ended at or before `horizon` (no slot of theirs can be owed)."""
+        state = self
+        while state.earlier is not None:
+            if state.since <= horizon:
+                state.earlier = None
+                return
+            state = state.earlier
+
 
 @dataclass(frozen=True, slots=True)
 class Due:
-    """One slot to dispatch now."""
+    """One slot to dispatch now, with the job state that decided it (None: look the job up)."""
 
     job_id: str
     slot_ms: int
     fire_at: float
     trigger: Trigger = "schedule"
+    job: Job | None = None
 
     @property
     def slot(self) -> datetime:
         return datetime.fromtimestamp(self.slot_ms / 1000, UTC)
+
+
+def triage(
+    slots: list[tuple[float, _T]], now: float, *, policy: CatchupPolicy, window: float, grace: float
+) -> list[tuple[_T, Trigger]]:
+    """Which of `slots` ((timestamp, payload), in order, none after `now`) to dispatch.
+
+    Slots within `grace` of `now` are only a little late (a failover, a slow loop): they are
+    dispatched as scheduled. Older slots were missed: `skip` drops them, `all` dispatches every
+    one inside `window`, `latest` dispatches the newest one inside `window` (one run stands for
+    the missed period).
+    """
+    recent_from = now - grace
+    oldest = now - window
+    recent = [payload for t, payload in slots if t > recent_from]
+    missed = [payload for t, payload in slots if oldest < t <= recent_from]
+    out: list[tuple[_T, Trigger]] = []
+    if policy == "all":
+        out.extend((payload, "catchup") for payload in missed)
+    elif policy == "latest" and missed:
+        out.append((missed[-1], "catchup"))
+    out.extend((payload, "schedule") for payload in recent)
+    return out
 
 
 def catchup_slots(
@@ -127,29 +199,17 @@ def catchup_slots(
     window: float,
     grace: float = DEFAULT_GRACE,
     limit: int = MAX_CATCHUP_SLOTS,
+    until: float | None = None,
 ) -> list[tuple[datetime, Trigger]]:
-    """The slots in (after, now] to dispatch, with their trigger.
-
-    Slots within `grace` of `now` are only a little late (a failover, a slow loop): they are
-    dispatched as scheduled. Older slots were missed: `skip` drops them, `all` dispatches every
-    one inside `window`, `latest` dispatches the newest one inside `window` (one run stands for
-    the missed period).
-    """
+    """The slots in (after, until] (`until` defaults to `now`) to dispatch at `now`, with their
+    trigger: see `triage`."""
+    end = now if until is None else min(until, now)
     lower = max(after, now - max(window, grace))
-    if lower >= now:
+    if lower >= end:
         return []
     slots: deque[datetime] = deque(maxlen=limit)
-    slots.extend(schedule.slots_between(to_datetime(lower), to_datetime(now)))
-    recent_from = now - grace
-    recent = [s for s in slots if s.timestamp() > recent_from]
-    missed = [s for s in slots if s.timestamp() <= recent_from and s.timestamp() > now - window]
-    out: list[tuple[datetime, Trigger]] = []
-    if policy == "all":
-        out.extend((s, "catchup") for s in missed)
-    elif policy == "latest" and missed:
-        out.append((missed[-1], "catchup"))
-    out.extend((s, "schedule") for s in recent)
-    return out
+    slots.extend(schedule.slots_between(to_datetime(lower), to_datetime(end)))
+    return triage([(s.timestamp(), s) for s in slots], now, policy=policy, window=window, grace=grace)
 
 
 def watermark_of(processed_until: float, unfinished_slots_ms: list[int], max_jitter: float) -> float:
@@ -207,8 +267,11 @@ class Timetable:
     leading: bool = False
     # (fire_at, slot_ms, job_id, generation): each job's planned next slot, one entry per job.
     _heap: list[tuple[float, int, str, int]] = field(default_factory=list)
-    # Missed slots queued by a takeover or a resume; popping them plans nothing after them.
-    _catchup: list[tuple[float, int, str, int, Trigger]] = field(default_factory=list)
+    # Owed slots queued by a takeover or a change, each with the job state that decided it
+    # (fire_at, slot_ms, job_id, sequence, trigger, state); popping them plans nothing after them.
+    # Deleting a job removes its entries; other changes leave them (they were owed before).
+    _catchup: list[tuple[float, int, str, int, Trigger, Job | None]] = field(default_factory=list)
+    _queued: count[int] = field(default_factory=count)
     # Equal floats from different jobs (jitter, windows) share one object.
     _floats: dict[float, float] = field(default_factory=dict)
     # Bumped on every change to a job; summaries over all jobs are recomputed only then.
@@ -256,18 +319,20 @@ class Timetable:
         return min(now, max(occurred_at.timestamp(), now - self.grace))
 
     def apply(self, event: JobEvents, now: float) -> None:
-        """Evolve the table by one JOBS event; while leading, plan the job (and, after a resume,
-        the missed slots its catch-up policy asks for)."""
+        """Evolve the table by one JOBS event; while leading, plan the job and queue the slots
+        the change leaves owed: those the old state decided that are not dispatched yet, and
+        after a resume the missed slots of the pause its catch-up policy asks for."""
         current = self.jobs.get(event.job_id)
         if current is not None and event.revision <= current.revision:
             return
         self._changes += 1
         match event:
             case JobCreated(spec=spec, paused=paused):
+                if current is not None:
+                    self._forget_queued(event.job_id)
                 job = self._job_from(event.job_id, event.revision, spec)
-                job.paused = paused
-                job.paused_at = event.occurred_at.timestamp() if paused else None
                 job.since = event.occurred_at.timestamp()
+                job.paused_at = job.since if paused else None
                 job.cursor = self._since(event.occurred_at, now)
                 if current is not None:
                     job.generation = current.generation + 1
@@ -275,32 +340,23 @@ class Timetable:
                 self._plan(job)
             case JobUpdated(spec=spec) if current is not None:
                 job = self._job_from(event.job_id, event.revision, spec)
-                job.paused, job.paused_at = current.paused, current.paused_at
-                job.since = event.occurred_at.timestamp()
-                # Slots of the new schedule count from the change, not from the last old slot.
-                job.cursor = max(current.cursor, self._since(event.occurred_at, now))
-                job.generation = current.generation + 1
-                self.jobs[event.job_id] = job
-                self._plan(job)
+                job.paused_at = current.paused_at
+                self._succeed(current, job, event.occurred_at, now)
             case JobPaused() if current is not None:
-                current.revision = event.revision
-                current.paused = True
-                current.paused_at = event.occurred_at.timestamp()
-                current.generation += 1
+                paused_at = current.paused_at or event.occurred_at.timestamp()
+                self._succeed(
+                    current,
+                    replace(current, revision=event.revision, paused_at=paused_at),
+                    event.occurred_at,
+                    now,
+                )
             case JobResumed() if current is not None:
-                current.revision = event.revision
-                current.paused = False
-                current.generation += 1
-                resumed_at = self._since(event.occurred_at, now)
-                after = max(current.cursor, current.paused_at or current.cursor)
-                current.paused_at = None
-                if self.leading:
-                    # Every slot of the pause was missed: the policy decides, no grace.
-                    self._push_all(self._catch_up(current, after, resumed_at, grace=0.0))
-                current.cursor = max(current.cursor, resumed_at)
-                self._plan(current)
+                self._succeed(
+                    current, replace(current, revision=event.revision, paused_at=None), event.occurred_at, now
+                )
             case JobDeleted() if current is not None:
                 del self.jobs[event.job_id]
+                self._forget_queued(event.job_id)
             case _:
                 log.warning(
                     "%s for unknown job %s (revision %s): ignored",
@@ -308,6 +364,31 @@ class Timetable:
                     event.job_id,
                     event.revision,
                 )
+
+    def _succeed(self, current: Job, job: Job, occurred_at: datetime, now: float) -> None:
+        """Replace `current` by its successor state `job`, which took effect at `occurred_at`.
+
+        The slots `current` decided up to the change and nobody handled yet stay owed and are
+        queued; the successor's own slots start after the change (and never before what was
+        already handled)."""
+        job.since = occurred_at.timestamp()
+        job.earlier = current
+        job.generation = current.generation + 1
+        job.cursor = max(current.cursor, self._since(occurred_at, now))
+        job.forget_before(now - max(job.catchup_window, self.grace) - HISTORY_MARGIN)
+        self.jobs[job.job_id] = job
+        if self.leading:
+            self._queue(
+                self.owed(
+                    job,
+                    after=current.cursor,
+                    until=min(job.since, now),
+                    now=now,
+                    # Only a pause ending with this very change is new; earlier ones are settled.
+                    settled_before=current.since,
+                )
+            )
+        self._plan(job)
 
     # --- leading ------------------------------------------------------------------------------
 
@@ -339,15 +420,27 @@ class Timetable:
             found = self._next_slots[key] = schedule.next_after(after)
         return found  # type: ignore[return-value]
 
-    def _push_all(self, due: list[Due]) -> None:
+    def _queue(self, due: list[Due]) -> None:
         for d in due:
-            job = self.jobs[d.job_id]
-            heapq.heappush(self._catchup, (d.fire_at, d.slot_ms, d.job_id, job.generation, d.trigger))
+            heapq.heappush(
+                self._catchup, (d.fire_at, d.slot_ms, d.job_id, next(self._queued), d.trigger, d.job)
+            )
 
-    def _catch_up(self, job: Job, after: float, until: float, *, grace: float) -> list[Due]:
+    def _forget_queued(self, job_id: str) -> None:
+        if any(entry[2] == job_id for entry in self._catchup):
+            self._catchup = [entry for entry in self._catchup if entry[2] != job_id]
+            heapq.heapify(self._catchup)
+
+    def _due(self, job: Job, slot: datetime, trigger: Trigger) -> Due:
+        fire_at = (slot + jitter_for(job.job_id, slot, job.jitter)).timestamp()
+        return Due(job.job_id, to_ms(slot), fire_at, trigger, job)
+
+    def _catch_up(self, job: Job, after: float, now: float, *, grace: float) -> list[Due]:
+        """`catchup_slots` for a job with one active state in (after, now], cached: at takeover
+        thousands of jobs share a schedule and ask the same question."""
         if job.schedule is None:
             return []
-        key = (id(job.schedule), after, until, job.catchup, job.catchup_window, grace)
+        key = (id(job.schedule), after, now, job.catchup, job.catchup_window, grace)
         try:
             planned = self._catchups.get(key)
             if planned is None:
@@ -356,7 +449,7 @@ class Timetable:
                 planned = self._catchups[key] = catchup_slots(
                     job.schedule,
                     after,
-                    until,
+                    now,
                     policy=job.catchup,
                     window=job.catchup_window,
                     grace=grace,
@@ -366,36 +459,103 @@ class Timetable:
             job.error = f"schedule failed at run time: {exc}"
             self._changes += 1
             return []
-        return [
-            Due(
-                job.job_id,
-                to_ms(slot),
-                (slot + jitter_for(job.job_id, slot, job.jitter)).timestamp(),
-                trigger,
-            )
-            for slot, trigger in planned
-            if job.in_bounds(slot)
-        ]
+        return [self._due(job, slot, trigger) for slot, trigger in planned if job.in_bounds(slot)]
 
-    def lead(self, watermark: float, now: float, dispatched: set[str]) -> int:
-        """Take over: queue every job's slots after `watermark` under its catch-up policy, minus
-        those already in DISPATCH (`dispatched` holds their `Nats-Msg-Id`s), and plan each job's
-        next slot after `now`. Returns how many slots were queued for catch-up."""
+    def _slots_of(self, state: Job, after: float, until: float) -> list[tuple[float, tuple[Job, datetime]]]:
+        """The slots of one state in (after, until], at most MAX_CATCHUP_SLOTS (the newest)."""
+        if state.schedule is None or after >= until:
+            return []
+        found: deque[tuple[float, tuple[Job, datetime]]] = deque(maxlen=MAX_CATCHUP_SLOTS)
+        try:
+            for slot in state.schedule.slots_between(to_datetime(after), to_datetime(until)):
+                if state.in_bounds(slot):
+                    found.append((slot.timestamp(), (state, slot)))
+        except Exception as exc:
+            log.exception("job %s: schedule %r failed", state.job_id, state.schedule.expression)
+            state.error = f"schedule failed at run time: {exc}"
+            self._changes += 1
+        return list(found)
+
+    def owed(self, job: Job, *, after: float, until: float, now: float, settled_before: float) -> list[Due]:
+        """The slots of `job`'s kept states in (after, until] that are still owed at `now`, each
+        decided by the state in effect at its nominal time.
+
+        * Slots of active states: ordinary late slots within the grace, older ones missed
+          (a leader was down) and left to the newest state's catch-up policy.
+        * Slots of a pause that ended with a resume at `r`: the resumed state's policy decides
+          over them, with no grace and its window counted back from `r` — the same answer
+          whether the leader that saw the resume or its successor computes it. Resumes at or
+          before `settled_before` were settled by an earlier leader.
+        * Slots of a pause still going on: none (the resume decides).
+        """
+        states = job.history()
+        lower = now - max(job.catchup_window, self.grace)
+        late: list[tuple[float, tuple[Job, datetime]]] = []
+        out: list[Due] = []
+        i = 0
+        while i < len(states):
+            state = states[i]
+            end = min(states[i + 1].since, until) if i + 1 < len(states) else until
+            if not state.paused:
+                late += self._slots_of(state, max(after, min(state.since, now), lower), end)
+                i += 1
+                continue
+            j = i
+            while j < len(states) and states[j].paused:
+                j += 1
+            if j == len(states):
+                break
+            resumed = states[j]
+            resumed_at = resumed.since
+            if resumed_at > settled_before:
+                missed: list[tuple[float, tuple[Job, datetime]]] = []
+                for k in range(i, j):
+                    missed += self._slots_of(
+                        states[k],
+                        max(states[k].since, resumed_at - resumed.catchup_window),
+                        min(states[k + 1].since, until, resumed_at),
+                    )
+                for (state_of, slot), trigger in triage(
+                    missed, resumed_at, policy=resumed.catchup, window=resumed.catchup_window, grace=0.0
+                ):
+                    out.append(self._due(state_of, slot, trigger))
+            i = j
+        for (state_of, slot), trigger in triage(
+            late, now, policy=job.catchup, window=job.catchup_window, grace=self.grace
+        ):
+            out.append(self._due(state_of, slot, trigger))
+        return out
+
+    def lead(
+        self, watermark: float, now: float, dispatched: set[str], *, settled_before: float | None = None
+    ) -> int:
+        """Take over: queue every job's slots after `watermark` that are still owed (see `owed`),
+        minus those already in DISPATCH (`dispatched` holds their `Nats-Msg-Id`s), and plan each
+        job's next slot after `now`. Resumes at or before `settled_before` (default: the
+        watermark less HISTORY_MARGIN) were settled by the previous leader. Returns how many
+        slots were queued."""
+        if settled_before is None:
+            settled_before = watermark - HISTORY_MARGIN
         self.leading = True
         self._heap.clear()
         self._catchup.clear()
         due: list[Due] = []
         for job in self.jobs.values():
             job.generation += 1
-            if job.paused or job.schedule is None:
-                continue
-            after = max(watermark, min(job.since, now))
-            for d in self._catch_up(job, after, now, grace=self.grace):
+            if job.earlier is not None:
+                job.forget_before(now - max(job.catchup_window, self.grace) - HISTORY_MARGIN)
+            if job.earlier is None and job.paused_at is None:
+                owed = self._catch_up(job, max(watermark, min(job.since, now)), now, grace=self.grace)
+            else:
+                owed = self.owed(job, after=watermark, until=now, now=now, settled_before=settled_before)
+            # A plain loop: a generator per job, allocated between the heap entries that stay,
+            # fragmented the allocator's pools by ~1.3 MiB of RSS per 100k jobs.
+            for d in owed:
                 if f"{job.job_id}:{d.slot_ms}" not in dispatched:
                     due.append(d)
             job.cursor = now
             self._plan(job)
-        self._push_all(due)
+        self._queue(due)
         return len(due)
 
     def follow(self) -> None:
@@ -411,8 +571,6 @@ class Timetable:
     def next_fire_at(self) -> float | None:
         while self._heap and self._live(self._heap[0][2], self._heap[0][3]) is None:
             heapq.heappop(self._heap)
-        while self._catchup and self._live(self._catchup[0][2], self._catchup[0][3]) is None:
-            heapq.heappop(self._catchup)
         times = [q[0][0] for q in (self._heap, self._catchup) if q]
         return min(times) if times else None
 
@@ -421,15 +579,14 @@ class Timetable:
         planned behind it."""
         out: list[Due] = []
         while self._catchup and self._catchup[0][0] <= now and len(out) < limit:
-            fire_at, slot, job_id, generation, trigger = heapq.heappop(self._catchup)
-            if self._live(job_id, generation) is not None:
-                out.append(Due(job_id, slot, fire_at, trigger))
+            fire_at, slot, job_id, _, trigger, state = heapq.heappop(self._catchup)
+            out.append(Due(job_id, slot, fire_at, trigger, state))
         while self._heap and self._heap[0][0] <= now and len(out) < limit:
             fire_at, slot, job_id, generation = heapq.heappop(self._heap)
             job = self._live(job_id, generation)
             if job is None:
                 continue
-            out.append(Due(job_id, slot, fire_at))
+            out.append(Due(job_id, slot, fire_at, "schedule", job))
             job.cursor = slot / 1000
             self._plan(job)
         return out
@@ -442,6 +599,12 @@ class Timetable:
                 {j.job_id: j.error for j in self.jobs.values() if j.error},
             )
         return self._summary
+
+    @property
+    def oldest_queued_slot_ms(self) -> int | None:
+        """The oldest slot still queued as owed. It can be older than the watermark arithmetic
+        assumes (a slot of an earlier state whose jitter was larger than any current one)."""
+        return min((entry[1] for entry in self._catchup), default=None)
 
     @property
     def max_jitter(self) -> float:
