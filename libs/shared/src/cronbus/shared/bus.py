@@ -20,6 +20,7 @@ from nats.js.api import (
 from nats.js.errors import BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
+from cronbus.shared.runtime import until_done
 from cronbus.shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -184,8 +185,23 @@ class Bus:
         nc = await connect(settings, service, **connect_options)
         js = nc.jetstream(timeout=5.0)
         if bootstrap:
-            await ensure_topology(js, settings)
+            try:
+                await ensure_topology(js, settings)
+            except BaseException:
+                await nc.close()
+                raise
         return cls(nc=nc, js=js, settings=settings)
+
+    @classmethod
+    async def open_when_ready(
+        cls, settings: Settings, service: str, stopping: asyncio.Event, **connect_options: Any
+    ) -> Bus | None:
+        """`open`, retried until NATS answers; None when asked to stop first."""
+        return await until_done(
+            stopping,
+            f"{service}: connecting to NATS at {settings.nats_url}",
+            lambda: cls.open(settings, service, **connect_options),
+        )
 
     async def close(self) -> None:
         """Flush what is pending and close; never raises (it runs on the way out)."""

@@ -14,9 +14,11 @@ import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class Service(Protocol):
@@ -26,6 +28,56 @@ class Service(Protocol):
     ready: asyncio.Event
 
     async def run(self, stopping: asyncio.Event) -> None: ...
+
+
+def brief(exc: BaseException) -> str:
+    """An error in one line: its type and the first line of its message (drivers add pages)."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+async def stopped_within(stopping: asyncio.Event, seconds: float) -> bool:
+    """Wait up to `seconds` for `stopping`; True when it is set (time to stop)."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stopping.wait(), timeout=seconds)
+    return stopping.is_set()
+
+
+async def until_done(
+    stopping: asyncio.Event,
+    what: str,
+    op: Callable[[], Awaitable[T]],
+    *,
+    first_delay: float = 0.1,
+    max_delay: float = 5.0,
+) -> T | None:
+    """`op()` retried with backoff until it succeeds (its result) or `stopping` is set (None).
+
+    For start-up work that may fail for a while (NATS or the database not up yet). Each
+    failure is logged with its reason. `stopping` also interrupts an attempt in progress:
+    nats-py keeps retrying a first connect by itself, so only `stopping` ends that wait.
+    """
+    delay = first_delay
+    while not stopping.is_set():
+        attempt = asyncio.ensure_future(op())
+        stop_wait = asyncio.ensure_future(stopping.wait())
+        try:
+            await asyncio.wait({attempt, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop_wait.cancel()
+            if not attempt.done():
+                attempt.cancel()
+                await asyncio.wait({attempt}, timeout=5.0)
+        if attempt.cancelled():
+            return None
+        try:
+            return attempt.result()
+        except Exception as exc:
+            log.warning("%s failed (%s); retrying in %.1fs", what, brief(exc), delay)
+        if await stopped_within(stopping, delay):
+            return None
+        delay = min(delay * 2, max_delay)
+    return None
 
 
 def setup_logging(level: str = "INFO") -> None:

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import TypeVar
 
@@ -36,6 +36,7 @@ from cronbus.api.runs import Runs
 from cronbus.shared.bus import Bus
 from cronbus.shared.history.store import create_engine, migrate
 from cronbus.shared.listen import bind_listener
+from cronbus.shared.runtime import until_done
 from cronbus.shared.settings import Settings
 from cronbus.shared.tracing import setup_tracing
 
@@ -102,40 +103,6 @@ def create_app(
     )
 
 
-async def _until_done(stopping: asyncio.Event, what: str, op: Callable[[], Awaitable[T]]) -> T | None:
-    """`op()` retried with backoff until it succeeds (its result) or `stopping` is set (None).
-
-    At start NATS or the database may not be up yet, and other services migrate the same
-    database at the same moment (alembic cannot run two migrations in one process at once: its
-    context is global), so failures here are waited out, each logged with its reason.
-    """
-    delay = 0.1
-    while not stopping.is_set():
-        attempt = asyncio.ensure_future(op())
-        stop_wait = asyncio.ensure_future(stopping.wait())
-        try:
-            # nats-py keeps retrying a first connect by itself: only `stopping` ends that wait.
-            await asyncio.wait({attempt, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stop_wait.cancel()
-            if not attempt.done():
-                attempt.cancel()
-                await asyncio.wait({attempt}, timeout=5.0)
-        if attempt.cancelled():
-            return None
-        try:
-            return attempt.result()
-        except Exception as exc:
-            first_line = str(exc).splitlines()[0] if str(exc) else ""
-            log.warning(
-                "api: %s failed (%s: %s); retrying in %.1fs", what, type(exc).__name__, first_line, delay
-            )
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stopping.wait(), timeout=delay)
-        delay = min(delay * 2, 5.0)
-    return None
-
-
 async def _migrated(engine: AsyncEngine) -> bool:
     await migrate(engine)
     return True
@@ -165,16 +132,14 @@ class ApiService:
         sock = bind_listener(settings.api_host, settings.api_port)
         try:
             setup_tracing("api", settings.instance_id)
-            bus = await _until_done(
-                stopping, f"connecting to NATS at {settings.nats_url}", lambda: Bus.open(settings, "api")
-            )
+            bus = await Bus.open_when_ready(settings, "api", stopping)
             if bus is None:
                 return
             try:
                 engine = create_engine(settings.sql_url)
                 try:
-                    migrated = await _until_done(
-                        stopping, f"migrating {engine.url.render_as_string()}", lambda: _migrated(engine)
+                    migrated = await until_done(
+                        stopping, f"api: migrating {engine.url.render_as_string()}", lambda: _migrated(engine)
                     )
                     if not migrated:
                         return

@@ -8,24 +8,21 @@ start before them; once serving, trouble is retried inside the projectors.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from cronbus.logs.projector import Pacing, Projector, brief, feeds
+from cronbus.logs.projector import Pacing, Projector, feeds
 from cronbus.logs.retention import Retention, RetentionLimits
 from cronbus.logs.store import HistoryWriter
-from cronbus.shared.bus import Bus, ensure_topology
+from cronbus.shared.bus import Bus
 from cronbus.shared.history.store import create_engine, migrate
+from cronbus.shared.runtime import brief, stopped_within, until_done
 from cronbus.shared.settings import Settings
 from cronbus.shared.tracing import setup_tracing
 
 log = logging.getLogger(__name__)
-
-_STARTUP_BACKOFF_MAX = 5.0
 
 
 class LogsService:
@@ -48,9 +45,11 @@ class LogsService:
         bus: Bus | None = None
         tasks: list[asyncio.Task[None]] = []
         try:
-            if not await _until_done(stopping, "migrating the history database", lambda: migrate(engine)):
+            if not await until_done(
+                stopping, "logs: migrating the history database", lambda: _migrated(engine)
+            ):
                 return
-            bus = await _open_bus(self.settings, stopping)
+            bus = await Bus.open_when_ready(self.settings, "logs", stopping)
             if bus is None:
                 return
             tasks = self._start(bus, engine, stopping)
@@ -127,46 +126,13 @@ async def _retain(retention: Retention, interval: float, stopping: asyncio.Event
         # Retention is off; the task still lives as long as the service, like the others.
         await stopping.wait()
         return
-    while not await _stopped_within(stopping, interval):
+    while not await stopped_within(stopping, interval):
         try:
             await retention.run_pass()
         except Exception as exc:
             log.warning("retention pass failed (next in %.0fs): %s", interval, brief(exc))
 
 
-async def _open_bus(settings: Settings, stopping: asyncio.Event) -> Bus | None:
-    """The bus, once NATS answers and the streams exist; None when asked to stop first."""
-    opened: list[Bus] = []
-
-    async def connect() -> None:
-        opened.append(await Bus.open(settings, "logs", bootstrap=False))
-
-    if not await _until_done(stopping, f"connecting to NATS at {settings.nats_url}", connect):
-        return None
-    bus = opened[0]
-    if not await _until_done(stopping, "creating the streams", lambda: ensure_topology(bus.js, settings)):
-        await bus.close()
-        return None
-    return bus
-
-
-async def _until_done(stopping: asyncio.Event, what: str, op: Callable[[], Awaitable[object]]) -> bool:
-    """Run `op()` until it succeeds (True) or `stopping` is set (False), backing off between tries."""
-    failures = 0
-    while not stopping.is_set():
-        try:
-            await op()
-            return True
-        except Exception as exc:
-            failures += 1
-            delay = min(_STARTUP_BACKOFF_MAX, 0.2 * 2 ** (failures - 1))
-            log.warning("logs: %s failed (%s); trying again in %.1fs", what, brief(exc), delay)
-            if await _stopped_within(stopping, delay):
-                break
-    return False
-
-
-async def _stopped_within(stopping: asyncio.Event, seconds: float) -> bool:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stopping.wait(), timeout=seconds)
-    return stopping.is_set()
+async def _migrated(engine: AsyncEngine) -> bool:
+    await migrate(engine)
+    return True

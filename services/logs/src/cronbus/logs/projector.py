@@ -35,6 +35,7 @@ from cronbus.shared.events import (
     decode_run_event,
 )
 from cronbus.shared.names import Names
+from cronbus.shared.runtime import brief, stopped_within
 from cronbus.shared.tracing import extract_context, tracer
 
 log = logging.getLogger(__name__)
@@ -166,7 +167,7 @@ class Projector:
                 delay = self.pacing.backoff(failures)
                 log.warning("%s: %s; binding again in %.1fs", self.feed.consumer, brief(exc), delay)
                 self._stale = True
-                await _pause(stopping, delay)
+                await stopped_within(stopping, delay)
         await self._unsubscribe()
 
     def _contiguous(self, msgs: Sequence[Msg]) -> bool:
@@ -244,7 +245,7 @@ class Projector:
                     self.feed.consumer, first_seq, last_seq, brief(exc), delay,
                 )  # fmt: skip
                 await _keep_in_flight(msgs)
-                await _pause(stopping, delay)
+                await stopped_within(stopping, delay)
         for msg in msgs:
             try:
                 if msg.metadata.sequence.stream in malformed:
@@ -267,12 +268,6 @@ class Projector:
             log.debug("%s: unsubscribe failed: %s", self.feed.consumer, exc)
 
 
-def brief(exc: BaseException) -> str:
-    """An error in one line: its type and the first line of its message (drivers add pages)."""
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
-
-
 async def _keep_in_flight(msgs: Sequence[Msg]) -> None:
     """Tell the server the batch is still being worked on, so it is not redelivered meanwhile."""
     for msg in msgs:
@@ -281,14 +276,6 @@ async def _keep_in_flight(msgs: Sequence[Msg]) -> None:
         except Exception:
             # NATS is away too; the batch is re-bound from the position if it comes to that.
             return
-
-
-async def _pause(stopping: asyncio.Event, delay: float) -> None:
-    """Sleep `delay` seconds, or less when asked to stop."""
-    try:
-        await asyncio.wait_for(stopping.wait(), timeout=delay)
-    except TimeoutError:
-        pass
 
 
 def _links(msgs: Sequence[Msg]) -> list[trace.Link]:

@@ -109,7 +109,7 @@ class RunnerService:
         settings = self.settings
         names = settings.names
         setup_tracing("runner", settings.instance_id)
-        bus = await self._connect(stopping)
+        bus = await Bus.open_when_ready(self.settings, "runner", stopping)
         if bus is None:
             return
         http = http_client(settings.concurrency)
@@ -178,20 +178,6 @@ class RunnerService:
                     log.debug("unsubscribe on stop: %s", exc)
             await http.aclose()
             await bus.close()
-
-    async def _connect(self, stopping: asyncio.Event) -> Bus | None:
-        """Connect and bootstrap, retrying while NATS is unreachable; None if stopped first."""
-        pause = 0.5
-        while not stopping.is_set():
-            try:
-                return await Bus.open(self.settings, "runner")
-            except Exception as exc:
-                log.warning("cannot reach NATS at %s (%s); retrying", self.settings.nats_url, exc)
-            try:
-                await asyncio.wait_for(stopping.wait(), timeout=pause)
-            except TimeoutError:
-                pause = min(pause * 2, 5.0)
-        return None
 
     async def _bind(self, js: JetStreamContext, pool: str) -> JetStreamContext.PullSubscription:
         names = self.settings.names
