@@ -8,19 +8,23 @@ import asyncio
 import random
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from nats.errors import OutboundBufferLimitError
 from nats.js.api import PubAck
 from nats.js.errors import NoStreamResponseError
 
+from cronbus.scheduler.app import open_bus
 from cronbus.scheduler.dispatch import Dispatcher, encode_dispatch, run_id_of
-from cronbus.scheduler.domain import Due, Fence, Timetable, to_ms
+from cronbus.scheduler.domain import Due, Fence, Timetable, msg_id_of, to_ms, watermark_of
 from cronbus.scheduler.publish import AckedPublisher
 from cronbus.shared.bus import MSG_ID, Bus
-from cronbus.shared.events import JobCreated, RunDispatched, decode_dispatch, run_id_for
+from cronbus.shared.events import JobCreated, RunDispatched, decode_dispatch, dispatch_msg_id, run_id_for
 from cronbus.shared.names import Names
+from cronbus.shared.natsd import EmbeddedNats
 from cronbus.shared.settings import Settings
 from tests.scheduler.support import spec
 from tests.support import wait_for
@@ -50,14 +54,16 @@ class StandInJetStream:
         return future
 
 
-def _setup(script: list[str], fence_open: bool = True) -> tuple[Dispatcher, StandInJetStream, Timetable]:
+def _setup(
+    script: list[str], fence_open: bool = True, connected: Callable[[], bool] | None = None
+) -> tuple[Dispatcher, StandInJetStream, Timetable]:
     js = StandInJetStream(script)
     fence = Fence(ttl=60.0, margin=1.0)
     if fence_open:
         fence.renewed(time.monotonic())
     table = Timetable()
     table.apply(JobCreated(job_id="a", revision=3, spec=spec("* * * * * *", pool="p")), SLOT.timestamp())
-    dispatcher = Dispatcher(js, Names("t"), "me", fence, publish_timeout=0.2)  # type: ignore[arg-type]
+    dispatcher = Dispatcher(js, Names("t"), "me", fence, publish_timeout=0.2, connected=connected)  # type: ignore[arg-type]
     return dispatcher, js, table
 
 
@@ -84,7 +90,10 @@ async def test_a_closed_fence_publishes_nothing() -> None:
     await dispatcher.submit(Due("a", to_ms(SLOT), SLOT.timestamp()), table.jobs["a"])
     assert js.attempts == []
     assert dispatcher.fenced
-    assert dispatcher.unfinished_slots_ms == []
+    # Given up, not published: the watermark stays below it.
+    assert dispatcher.in_flight == 0
+    assert dispatcher.abandoned == 1
+    assert dispatcher.unfinished_slots_ms == [to_ms(SLOT)]
 
 
 async def test_an_ended_term_stops_retrying() -> None:
@@ -94,7 +103,7 @@ async def test_an_ended_term_stops_retrying() -> None:
     dispatcher.end_term()
     await dispatcher.drain(1.0)
     tried = len(js.attempts)
-    assert dispatcher.unfinished_slots_ms == []
+    assert dispatcher.in_flight == 0
     assert js.stored == []
     assert len(js.attempts) == tried
 
@@ -128,13 +137,21 @@ def test_the_encoded_dispatch_is_the_event_a_runner_decodes() -> None:
     assert len(event.event_id) == 32 and uuid.UUID(event.event_id).version == 4
 
 
-def test_run_ids_match_the_shared_derivation() -> None:
+def test_run_ids_and_msg_ids_match_the_shared_derivation() -> None:
     rng = random.Random(1)
     for _ in range(500):
         job_id = "".join(rng.choice("abcxyz-_0123456789é") for _ in range(rng.randint(1, 40)))
         slot_ms = rng.randint(0, 4_000_000_000_000)
         slot = datetime.fromtimestamp(slot_ms / 1000, UTC)
         assert run_id_of(job_id, slot_ms) == run_id_for(job_id, slot), (job_id, slot_ms)
+        assert msg_id_of(job_id, slot_ms) == dispatch_msg_id(job_id, slot), (job_id, slot_ms)
+
+
+async def test_every_publish_carries_the_shared_msg_id() -> None:
+    dispatcher, js, table = _setup([])
+    await dispatcher.submit(Due("a", to_ms(SLOT), SLOT.timestamp()), table.jobs["a"])
+    await dispatcher.drain(1.0)
+    assert js.attempts == [dispatch_msg_id("a", SLOT)]
 
 
 async def test_the_acked_publisher_reports_stored_duplicate_and_missing_stream(settings: Settings) -> None:
@@ -154,6 +171,68 @@ async def test_the_acked_publisher_reports_stored_duplicate_and_missing_stream(s
         with pytest.raises(NoStreamResponseError):
             await asyncio.wait_for(await publisher.publish_async("nowhere.at.all", b"{}"), timeout=5)
         assert publisher.waiting == 0
+    finally:
+        await publisher.stop()
+        await bus.close()
+
+
+async def test_slots_given_up_when_a_drain_times_out_hold_the_watermark_back() -> None:
+    """A clean stop while DISPATCH refuses publishes: the drain gives the slot up, and the
+    watermark must not move past it (the next leader decides about it)."""
+    dispatcher, js, table = _setup(["fail"] * 1000)
+    await dispatcher.submit(Due("a", to_ms(SLOT), SLOT.timestamp()), table.jobs["a"])
+    await wait_for(lambda: len(js.attempts) >= 2, timeout=5, what="a retry")
+    await dispatcher.drain(0.05)
+    assert js.stored == []
+    assert dispatcher.in_flight == 0
+    assert dispatcher.abandoned == 1
+    assert watermark_of(SLOT.timestamp() + 60, dispatcher.unfinished_slots_ms, 0.0) < SLOT.timestamp()
+
+
+async def test_a_dropped_connection_ends_the_term() -> None:
+    connected = [True]
+    dispatcher, js, table = _setup([], connected=lambda: connected[0])
+    await dispatcher.submit(Due("a", to_ms(SLOT), SLOT.timestamp()), table.jobs["a"])
+    connected[0] = False
+    later = datetime.fromtimestamp(SLOT.timestamp() + 1, UTC)
+    await dispatcher.submit(Due("a", to_ms(later), later.timestamp()), table.jobs["a"])
+    connected[0] = True
+    await dispatcher.drain(1.0)
+    assert js.attempts == [dispatch_msg_id("a", SLOT)]
+    assert dispatcher.fenced
+    assert dispatcher.unfinished_slots_ms == [to_ms(later)]
+
+
+async def test_the_scheduler_connection_does_not_buffer_publishes_while_disconnected(
+    settings: Settings, nats_server: EmbeddedNats
+) -> None:
+    """A publish while disconnected fails at once (the dispatcher retries it under the fence)
+    instead of waiting in nats-py's buffer to be sent after the reconnect, past the fence."""
+    bus = await open_bus(settings, asyncio.Event())
+    assert bus is not None
+    publisher = AckedPublisher(bus.nc)
+    await publisher.start()
+    subject = settings.names.dispatch_subject("default", "a")
+    try:
+        await nats_server.stop()
+        await wait_for(lambda: not bus.nc.is_connected, what="the disconnect noticed")
+        with pytest.raises(OutboundBufferLimitError):
+            await publisher.publish_async(subject, b"{}", headers={MSG_ID: "a:1"})
+        assert publisher.waiting == 0
+        assert bus.nc.pending_data_size == 0
+        await nats_server.start()
+        await wait_for(lambda: bus.nc.is_connected, timeout=20, what="the reconnect")
+
+        async def stored() -> PubAck | None:
+            try:
+                ack = await publisher.publish_async(subject, b"{}", headers={MSG_ID: "a:2"})
+                return await asyncio.wait_for(ack, timeout=2)
+            except Exception:
+                return None
+
+        ack = await wait_for(stored, timeout=20, what="a publish after the reconnect")
+        # Nothing published during the disconnect reached the stream.
+        assert (ack.seq, bool(ack.duplicate)) == (1, False)
     finally:
         await publisher.stop()
         await bus.close()

@@ -5,9 +5,19 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from cronbus.scheduler.domain import Due, Fence, Timetable, catchup_slots, to_ms, watermark_of
-from cronbus.shared.events import Catchup, JobCreated, JobDeleted, JobPaused, JobResumed, JobUpdated
+from cronbus.scheduler.domain import Due, Fence, Timetable, catchup_slots, fire_time, to_ms, watermark_of
+from cronbus.shared.events import (
+    Catchup,
+    JobCreated,
+    JobDeleted,
+    JobPaused,
+    JobResumed,
+    JobUpdated,
+    dispatch_msg_id,
+)
 from cronbus.shared.schedule import Schedule, jitter_for
 from tests.scheduler.support import spec
 
@@ -146,7 +156,7 @@ def test_standby_keeps_no_heap_but_knows_every_job() -> None:
 def test_takeover_skips_what_is_already_in_dispatch() -> None:
     table = Timetable()
     table.apply(created("a", when=-100), T0)
-    table.lead(T0 - 3.5, T0, {f"a:{to_ms(at(-3))}", f"a:{to_ms(at(-1))}"})
+    table.lead(T0 - 3.5, T0, {dispatch_msg_id("a", at(-3)), dispatch_msg_id("a", at(-1))})
     assert slots_of(table.pop_due(T0)) == [-2, 0]
     assert slots_of(table.pop_due(T0 + 1)) == [1]
 
@@ -427,3 +437,124 @@ def test_a_queued_slot_of_an_earlier_state_holds_the_watermark_back() -> None:
     assert w < T0 + 10
     table.pop_due(fire_at)
     assert table.oldest_queued_slot_ms is None
+
+
+# --- jitter across a failover ------------------------------------------------------------------
+
+
+def _failover(job: JobCreated, *, died: float, took_over: float, until: float) -> tuple[list[Due], list[Due]]:
+    """A leader that leads from the job's creation and dies at `died` (having written the
+    watermark then), and its successor that takes over at `took_over` and runs until `until`:
+    what each of them dispatched."""
+    since = job.occurred_at.timestamp()
+    first = Timetable()
+    first.apply(job, since)
+    first.lead(since, since, set())
+    before = first.pop_due(T0 + died)
+    watermark = watermark_of(T0 + died, [], first.max_jitter)
+    second = Timetable()
+    second.apply(job, since)
+    second.lead(watermark, T0 + took_over, {dispatch_msg_id(d.job_id, d.slot) for d in before})
+    return before, second.pop_due(T0 + until)
+
+
+def _job_jittered_past(slot: datetime, jitter: float, at_least: float) -> str:
+    """A job id whose `slot` fires more than `at_least` seconds late (jitter is a hash)."""
+    for i in range(10_000):
+        job_id = f"job{i}"
+        if jitter_for(job_id, slot, jitter).total_seconds() > at_least:
+            return job_id
+    raise AssertionError("no such job id")
+
+
+@pytest.mark.parametrize("policy", ["skip", "latest", "all"])
+def test_a_slot_jittered_past_a_failover_is_dispatched_at_its_fire_time(policy: str) -> None:
+    """`* * * * *` with jitter 30: slot 3600 fires after 3615; the leader dies at 3610 and its
+    successor takes over at 3612.5, more than the grace after the slot but before it is due."""
+    slot = at(3600)
+    job_id = _job_jittered_past(slot, 30.0, 15.0)
+    fire_at = fire_time(job_id, slot, 30.0)
+    job = created(job_id, "* * * * *", when=3500, jitter=30.0, catchup=Catchup(policy=policy))  # type: ignore[arg-type]
+    before, after = _failover(job, died=3610, took_over=3612.5, until=3700)
+    assert to_ms(slot) not in [d.slot_ms for d in before]
+    assert [(d.slot_ms, d.fire_at, d.trigger) for d in after if d.slot_ms == to_ms(slot)] == [
+        (to_ms(slot), fire_at, "schedule")
+    ]
+    assert {d.trigger for d in after} == {"schedule"}
+
+
+def test_a_slot_jittered_past_the_grace_of_a_change_is_still_owed() -> None:
+    """The same on a live update: the old definition's slot fires after the change."""
+    slot = at(3600)
+    job_id = _job_jittered_past(slot, 30.0, 15.0)
+    table = Timetable()
+    table.lead(T0, T0, set())
+    table.apply(
+        created(job_id, "* * * * *", when=3500, jitter=30.0, catchup=Catchup(policy="skip")), T0 + 3500
+    )
+    table.pop_due(T0 + 3610)
+    table.apply(updated(job_id, 2, when=3610, schedule="0 0 * * *"), T0 + 3610)
+    due = table.pop_due(T0 + 3700)
+    assert [(d.slot_ms, d.trigger) for d in due] == [(to_ms(slot), "schedule")]
+    assert due[0].job is not None and due[0].job.revision == 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    period=st.sampled_from([10, 15, 60]),
+    share=st.floats(0.0, 0.99),
+    policy=st.sampled_from(["skip", "latest", "all"]),
+    died=st.floats(0.0, 300.0),
+    gap=st.floats(0.0, 4.9),
+)
+def test_a_failover_within_the_grace_dispatches_every_slot_once_on_schedule(
+    period: int, share: float, policy: str, died: float, gap: float
+) -> None:
+    """Whatever the jitter (up to the period, beyond the grace): a successor taking over within
+    the grace of the leader's death dispatches every slot its predecessor had not, each once
+    and as scheduled."""
+    expression = "* * * * *" if period == 60 else f"*/{period} * * * * *"
+    jitter = share * period
+    job = created("j", expression, when=0.0, jitter=jitter, catchup=Catchup(policy=policy))  # type: ignore[arg-type]
+    until = died + gap + 300.0
+    before, after = _failover(job, died=died, took_over=died + gap, until=until)
+    schedule = Schedule.parse(expression)
+    expected = [
+        s for s in schedule.slots_between(at(0), at(until)) if fire_time("j", s, jitter) <= T0 + until
+    ]
+    dispatched = sorted(d.slot_ms for d in before + after)
+    assert dispatched == [to_ms(s) for s in expected]
+    assert {d.trigger for d in before + after} <= {"schedule"}
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    period=st.sampled_from([10, 15, 60]),
+    share=st.floats(0.0, 0.99),
+    policy=st.sampled_from(["skip", "latest", "all"]),
+    window=st.sampled_from([1.0, 30.0, 120.0, 3600.0]),
+    downtime=st.floats(0.0, 400.0),
+    now=st.floats(2000.0, 2060.0),
+)
+def test_takeover_catch_up_of_a_jittered_job_is_catchup_slots(
+    period: int, share: float, policy: str, window: float, downtime: float, now: float
+) -> None:
+    """At takeover a jittered job's owed slots are what `catchup_slots` says for it (the
+    timetable skips fire times that cannot change the answer)."""
+    expression = "* * * * *" if period == 60 else f"*/{period} * * * * *"
+    jitter = share * period
+    catchup = Catchup(policy=policy, window=window)  # type: ignore[arg-type]
+    table = Timetable()
+    table.apply(created("j", expression, when=0.0, jitter=jitter, catchup=catchup), T0)
+    table.lead(T0 + now - downtime, T0 + now, set())
+    owed = [(d.slot_ms, d.trigger) for d in table.pop_due(T0 + now + period) if d.slot_ms <= to_ms(at(now))]
+    expected = catchup_slots(
+        Schedule.parse(expression),
+        T0 + now - downtime,
+        T0 + now,
+        policy=policy,  # type: ignore[arg-type]
+        window=window,
+        job_id="j",
+        jitter=jitter,
+    )
+    assert sorted(owed) == sorted((to_ms(slot), trigger) for slot, trigger in expected)

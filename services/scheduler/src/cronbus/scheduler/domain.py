@@ -5,6 +5,7 @@ the watermark and the lease fence. No I/O and no clock reads: `now` is always pa
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import logging
 import sys
@@ -79,6 +80,12 @@ def to_datetime(seconds: float) -> datetime:
 
 def to_ms(instant: datetime) -> int:
     return round(instant.timestamp() * 1000)
+
+
+def msg_id_of(job_id: str, slot_ms: int) -> str:
+    """`events.dispatch_msg_id` of a slot kept in milliseconds, as the timetable keeps them
+    (without building a datetime per dispatch)."""
+    return f"{job_id}:{slot_ms}"
 
 
 @dataclass(slots=True)
@@ -170,12 +177,13 @@ class Due:
 def triage(
     slots: list[tuple[float, _T]], now: float, *, policy: CatchupPolicy, window: float, grace: float
 ) -> list[tuple[_T, Trigger]]:
-    """Which of `slots` ((timestamp, payload), in order, none after `now`) to dispatch.
+    """Which of `slots` ((timestamp, payload) in slot order) to dispatch at `now`.
 
-    Slots within `grace` of `now` are only a little late (a failover, a slow loop): they are
-    dispatched as scheduled. Older slots were missed: `skip` drops them, `all` dispatches every
-    one inside `window`, `latest` dispatches the newest one inside `window` (one run stands for
-    the missed period).
+    The timestamp is when the slot was due: its fire time (slot + jitter) for ordinary slots.
+    Slots due after `now` are not late at all and slots due within `grace` of `now` only a
+    little (a failover, a slow loop): both are dispatched as scheduled, at their fire time.
+    Older slots were missed: `skip` drops them, `all` dispatches every one inside `window`,
+    `latest` dispatches the newest one inside `window` (one run stands for the missed period).
     """
     recent_from = now - grace
     oldest = now - window
@@ -190,6 +198,33 @@ def triage(
     return out
 
 
+def fire_time(job_id: str, slot: datetime, jitter: float) -> float:
+    """When `slot` of `job_id` is due: the slot plus its jitter (the same on every leader)."""
+    return (slot + jitter_for(job_id, slot, jitter)).timestamp()
+
+
+def candidate_slots(
+    schedule: Schedule,
+    after: float,
+    now: float,
+    *,
+    window: float,
+    grace: float = DEFAULT_GRACE,
+    jitter: float = 0.0,
+    limit: int = MAX_CATCHUP_SLOTS,
+    until: float | None = None,
+) -> list[datetime]:
+    """The slots in (after, until] (`until` defaults to `now`) whose fire time can still be
+    inside `window` or `grace` of `now` (at most `limit`, the newest)."""
+    end = now if until is None else min(until, now)
+    lower = max(after, now - max(window, grace) - jitter)
+    if lower >= end:
+        return []
+    slots: deque[datetime] = deque(maxlen=limit)
+    slots.extend(schedule.slots_between(to_datetime(lower), to_datetime(end)))
+    return list(slots)
+
+
 def catchup_slots(
     schedule: Schedule,
     after: float,
@@ -200,16 +235,18 @@ def catchup_slots(
     grace: float = DEFAULT_GRACE,
     limit: int = MAX_CATCHUP_SLOTS,
     until: float | None = None,
+    job_id: str = "",
+    jitter: float = 0.0,
 ) -> list[tuple[datetime, Trigger]]:
     """The slots in (after, until] (`until` defaults to `now`) to dispatch at `now`, with their
-    trigger: see `triage`."""
-    end = now if until is None else min(until, now)
-    lower = max(after, now - max(window, grace))
-    if lower >= end:
-        return []
-    slots: deque[datetime] = deque(maxlen=limit)
-    slots.extend(schedule.slots_between(to_datetime(lower), to_datetime(end)))
-    return triage([(s.timestamp(), s) for s in slots], now, policy=policy, window=window, grace=grace)
+    trigger: see `triage`. Lateness counts from each slot's fire time (`job_id`'s `jitter`), so
+    a slot whose fire time is still ahead is scheduled at it, however far back the slot is."""
+    slots = candidate_slots(
+        schedule, after, now, window=window, grace=grace, jitter=jitter, limit=limit, until=until
+    )
+    return triage(
+        [(fire_time(job_id, s, jitter), s) for s in slots], now, policy=policy, window=window, grace=grace
+    )
 
 
 def watermark_of(processed_until: float, unfinished_slots_ms: list[int], max_jitter: float) -> float:
@@ -281,7 +318,10 @@ class Timetable:
     # Jobs sharing a schedule ask for the same next slot after the same instant (all of them at
     # takeover, a burst of them each time they fire together): compute it once.
     _next_slots: dict[tuple[int, datetime], datetime | None] = field(default_factory=dict)
-    _catchups: dict[tuple[int, float, float, str, float, float], list[tuple[datetime, Trigger]]] = field(
+    _catchups: dict[tuple[int, float, float, str, float, float, float], list[tuple[datetime, Trigger]]] = (
+        field(default_factory=dict)
+    )
+    _candidates: dict[tuple[int, float, float, str, float, float, float], list[datetime]] = field(
         default_factory=dict
     )
 
@@ -408,7 +448,7 @@ class Timetable:
             return
         if slot is None or not job.in_bounds(slot):
             return
-        fire_at = (slot + jitter_for(job.job_id, slot, job.jitter)).timestamp()
+        fire_at = fire_time(job.job_id, slot, job.jitter)
         heapq.heappush(self._heap, (fire_at, to_ms(slot), job.job_id, job.generation))
 
     def _next_slot(self, schedule: Schedule, after: datetime) -> datetime | None:
@@ -432,44 +472,94 @@ class Timetable:
             heapq.heapify(self._catchup)
 
     def _due(self, job: Job, slot: datetime, trigger: Trigger) -> Due:
-        fire_at = (slot + jitter_for(job.job_id, slot, job.jitter)).timestamp()
-        return Due(job.job_id, to_ms(slot), fire_at, trigger, job)
+        return Due(job.job_id, to_ms(slot), fire_time(job.job_id, slot, job.jitter), trigger, job)
 
     def _catch_up(self, job: Job, after: float, now: float, *, grace: float) -> list[Due]:
         """`catchup_slots` for a job with one active state in (after, now], cached: at takeover
-        thousands of jobs share a schedule and ask the same question."""
+        thousands of jobs share a schedule and ask the same question. Jittered jobs share the
+        candidate slots; each job's fire times decide its own answer."""
         if job.schedule is None:
             return []
-        key = (id(job.schedule), after, now, job.catchup, job.catchup_window, grace)
+        key = (id(job.schedule), after, now, job.catchup, job.catchup_window, grace, job.jitter)
         try:
-            planned = self._catchups.get(key)
-            if planned is None:
-                if len(self._catchups) >= 4096:
-                    self._catchups.clear()
-                planned = self._catchups[key] = catchup_slots(
-                    job.schedule,
-                    after,
-                    now,
-                    policy=job.catchup,
-                    window=job.catchup_window,
-                    grace=grace,
+            if job.jitter <= 0:
+                planned = self._catchups.get(key)
+                if planned is None:
+                    if len(self._catchups) >= 4096:
+                        self._catchups.clear()
+                    planned = self._catchups[key] = catchup_slots(
+                        job.schedule,
+                        after,
+                        now,
+                        policy=job.catchup,
+                        window=job.catchup_window,
+                        grace=grace,
+                    )
+                return [self._due(job, slot, trigger) for slot, trigger in planned if job.in_bounds(slot)]
+            candidates = self._candidates.get(key)
+            if candidates is None:
+                if len(self._candidates) >= 4096:
+                    self._candidates.clear()
+                candidates = self._candidates[key] = candidate_slots(
+                    job.schedule, after, now, window=job.catchup_window, grace=grace, jitter=job.jitter
                 )
         except Exception as exc:
             log.exception("job %s: catch-up over schedule %r failed", job.job_id, job.schedule.expression)
             job.error = f"schedule failed at run time: {exc}"
             self._changes += 1
             return []
-        return [self._due(job, slot, trigger) for slot, trigger in planned if job.in_bounds(slot)]
+        if not candidates:
+            return []
+        timed = self._fire_times(job, candidates, now, grace=grace)
+        return [
+            Due(job.job_id, to_ms(slot), fire_at, trigger, job)
+            for (fire_at, slot), trigger in triage(
+                [(fire_at, (fire_at, slot)) for fire_at, slot in timed],
+                now,
+                policy=job.catchup,
+                window=job.catchup_window,
+                grace=grace,
+            )
+        ]
 
-    def _slots_of(self, state: Job, after: float, until: float) -> list[tuple[float, tuple[Job, datetime]]]:
-        """The slots of one state in (after, until], at most MAX_CATCHUP_SLOTS (the newest)."""
+    def _fire_times(
+        self, job: Job, candidates: list[datetime], now: float, *, grace: float
+    ) -> list[tuple[float, datetime]]:
+        """The candidates (in bounds) `triage` needs to see, with their fire times. Slots at or
+        before `now - grace - jitter` were missed whatever their jitter: unless the policy is
+        `all`, only the newest of them in the window can matter (for `latest`), so a long
+        window does not cost a fire time per slot per job at takeover."""
+
+        def timed(slots: list[datetime]) -> list[tuple[float, datetime]]:
+            return [(fire_time(job.job_id, slot, job.jitter), slot) for slot in slots if job.in_bounds(slot)]
+
+        if job.catchup == "all":
+            return timed(candidates)
+        split = bisect.bisect_right(candidates, to_datetime(now - grace - job.jitter))
+        out = timed(candidates[split:])
+        if job.catchup == "latest" and all(t > now - grace for t, _ in out):
+            oldest = now - job.catchup_window
+            for slot in reversed(candidates[:split]):
+                if slot.timestamp() + job.jitter <= oldest:
+                    break
+                for t, found in timed([slot]):
+                    if t > oldest:
+                        return [(t, found), *out]
+        return out
+
+    def _slots_of(
+        self, state: Job, after: float, until: float, *, by_fire_time: bool = False
+    ) -> list[tuple[float, tuple[Job, datetime]]]:
+        """The slots of one state in (after, until], at most MAX_CATCHUP_SLOTS (the newest), each
+        with its nominal time or, `by_fire_time`, its fire time."""
         if state.schedule is None or after >= until:
             return []
         found: deque[tuple[float, tuple[Job, datetime]]] = deque(maxlen=MAX_CATCHUP_SLOTS)
         try:
             for slot in state.schedule.slots_between(to_datetime(after), to_datetime(until)):
                 if state.in_bounds(slot):
-                    found.append((slot.timestamp(), (state, slot)))
+                    when = fire_time(state.job_id, slot, state.jitter) if by_fire_time else slot.timestamp()
+                    found.append((when, (state, slot)))
         except Exception as exc:
             log.exception("job %s: schedule %r failed", state.job_id, state.schedule.expression)
             state.error = f"schedule failed at run time: {exc}"
@@ -480,8 +570,9 @@ class Timetable:
         """The slots of `job`'s kept states in (after, until] that are still owed at `now`, each
         decided by the state in effect at its nominal time.
 
-        * Slots of active states: ordinary late slots within the grace, older ones missed
-          (a leader was down) and left to the newest state's catch-up policy.
+        * Slots of active states: those whose fire time is ahead or within the grace are
+          ordinary (late) slots, older ones were missed (a leader was down) and are left to
+          the newest state's catch-up policy.
         * Slots of a pause that ended with a resume at `r`: the resumed state's policy decides
           over them, with no grace and its window counted back from `r` — the same answer
           whether the leader that saw the resume or its successor computes it. Resumes at or
@@ -497,7 +588,9 @@ class Timetable:
             state = states[i]
             end = min(states[i + 1].since, until) if i + 1 < len(states) else until
             if not state.paused:
-                late += self._slots_of(state, max(after, min(state.since, now), lower), end)
+                late += self._slots_of(
+                    state, max(after, min(state.since, now), lower - state.jitter), end, by_fire_time=True
+                )
                 i += 1
                 continue
             j = i
@@ -551,7 +644,7 @@ class Timetable:
             # A plain loop: a generator per job, allocated between the heap entries that stay,
             # fragmented the allocator's pools by ~1.3 MiB of RSS per 100k jobs.
             for d in owed:
-                if f"{job.job_id}:{d.slot_ms}" not in dispatched:
+                if msg_id_of(job.job_id, d.slot_ms) not in dispatched:
                     due.append(d)
             job.cursor = now
             self._plan(job)
