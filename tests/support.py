@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -53,3 +54,11 @@ def wait_for_sync(
         if time.monotonic() >= deadline:
             raise ConditionTimeout(f"{what} not met within {timeout}s (last value: {last!r})")
         time.sleep(interval)
+
+
+def service_command(service: str, *, nats_url: str, prefix: str, instance_id: str) -> list[str]:
+    """The argv of one `cronbus <service>` process, as an operator would start it."""
+    return [
+        sys.executable, "-m", "cronbus.shared.cli", service,
+        "--nats-url", nats_url, "--prefix", prefix, "--instance-id", instance_id,
+    ]  # fmt: skip

@@ -37,6 +37,7 @@ from cronbus.shared.events import (
 from cronbus.shared.natsd import EmbeddedNats
 from cronbus.shared.settings import Settings, build_settings
 from tests.bench.common import Figure, percentile
+from tests.support import service_command
 
 BASE_SLOT = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -49,16 +50,9 @@ def _runner_env(**extra: str) -> dict[str, str]:
 async def runner_process(settings: Settings, log: Path, **env: str) -> AsyncIterator[None]:
     with log.open("ab") as out:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "cronbus.shared.cli",
-            "runner",
-            "--nats-url",
-            settings.nats_url,
-            "--prefix",
-            settings.prefix,
-            "--instance-id",
-            "bench-runner",
+            *service_command(
+                "runner", nats_url=settings.nats_url, prefix=settings.prefix, instance_id="bench-runner"
+            ),
             env=_runner_env(**env),
             stdout=out,
             stderr=asyncio.subprocess.STDOUT,

@@ -7,7 +7,6 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -33,7 +32,7 @@ from cronbus.shared.events import (
     run_id_for,
 )
 from cronbus.shared.settings import Settings
-from tests.support import wait_for
+from tests.support import service_command, wait_for
 
 _slot_counter = 0
 
@@ -169,18 +168,9 @@ def spawn_runner(settings: Settings, instance_id: str, log_path: Path, **env: st
     }
     with open(log_path, "ab") as out:
         return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "cronbus.shared.cli",
-                "runner",
-                "--nats-url",
-                settings.nats_url,
-                "--prefix",
-                settings.prefix,
-                "--instance-id",
-                instance_id,
-            ],
+            service_command(
+                "runner", nats_url=settings.nats_url, prefix=settings.prefix, instance_id=instance_id
+            ),
             env=environ,
             stdout=out,
             stderr=subprocess.STDOUT,

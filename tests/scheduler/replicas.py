@@ -8,7 +8,6 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 from nats.js.kv import KeyValue
 
 from cronbus.scheduler.lease import LEASE_KEY
+from tests.support import service_command
 
 FAST_LEASE = {
     "CRONBUS_LEASE_TTL": "2",
@@ -43,18 +43,7 @@ class Replicas:
         env = {**os.environ, **FAST_LEASE, **self.env}
         log = (self.log_dir / f"{instance_id}.log").open("wb")
         self.procs[instance_id] = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "cronbus.shared.cli",
-                "scheduler",
-                "--nats-url",
-                self.nats_url,
-                "--prefix",
-                self.prefix,
-                "--instance-id",
-                instance_id,
-            ],
+            service_command("scheduler", nats_url=self.nats_url, prefix=self.prefix, instance_id=instance_id),
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
