@@ -54,6 +54,8 @@ class ShellExecutor(msgspec.Struct, kw_only=True, tag="shell", tag_field="type")
     command: str | list[str]
     env: dict[str, str] = {}
     cwd: str | None = None
+    # Names in `env` whose values are secret: write-only in the API, masked in output.
+    secrets: list[str] = []
 
 
 class HttpExecutor(msgspec.Struct, kw_only=True, tag="http", tag_field="type"):
@@ -66,6 +68,9 @@ class HttpExecutor(msgspec.Struct, kw_only=True, tag="http", tag_field="type"):
     expect_status: list[int] = []
     follow_redirects: bool = True
     max_body_bytes: int = 1_048_576
+    # Names in `headers` whose values are secret, besides those secret by name
+    # (Authorization, Cookie, *-Token, *-Key): see cronbus.shared.secrets.
+    secrets: list[str] = []
 
 
 Executor: TypeAlias = ShellExecutor | HttpExecutor
