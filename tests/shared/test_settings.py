@@ -125,3 +125,46 @@ def test_sizes(text, size):
 def test_bad_sizes(text):
     with pytest.raises(SizeError):
         parse_size(text)
+
+
+def _help_of(command: str) -> str:
+    from cronbus.shared.cli import parser
+
+    top = parser()
+    sub = next(a for a in top._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices[command].format_help()
+
+
+@pytest.mark.parametrize(
+    ("service", "listed", "absent"),
+    [
+        (
+            "scheduler",
+            ["--lease-renew", "--nats-url"],
+            ["--pools", "--database-url", "--api-port", "--admin-key"],
+        ),
+        (
+            "runner",
+            ["--pools", "--concurrency", "--output-cap"],
+            ["--database-url", "--api-port", "--lease-renew"],
+        ),
+        ("logs", ["--database-url", "--history-runs-per-job"], ["--pools", "--api-port", "--lease-renew"]),
+        (
+            "api",
+            ["--api-port", "--database-url", "--admin-key"],
+            ["--pools", "--concurrency", "--history-runs-per-job"],
+        ),
+    ],
+)
+def test_each_service_help_lists_only_the_settings_it_reads(service, listed, absent):
+    text = _help_of(service)
+    for flag in listed:
+        assert flag in text, f"{service} --help lacks {flag}"
+    for flag in absent:
+        assert flag not in text, f"{service} --help lists {flag}, which it does not read"
+
+
+def test_up_offers_every_setting():
+    text = _help_of("up")
+    for flag in ("--pools", "--api-port", "--database-url", "--lease-renew", "--history-runs-per-job"):
+        assert flag in text

@@ -11,7 +11,13 @@ import sys
 from collections.abc import Sequence
 
 from cronbus.shared.runtime import Service, serve
-from cronbus.shared.settings import Settings, SettingsError, add_settings_arguments, build_settings
+from cronbus.shared.settings import (
+    Settings,
+    SettingsError,
+    add_settings_arguments,
+    build_settings,
+    settings_for,
+)
 
 SERVICES = ("scheduler", "runner", "logs", "api")
 
@@ -54,7 +60,7 @@ def parser() -> argparse.ArgumentParser:
         ("api", "serve the REST API"),
     ):
         p = sub.add_parser(name, help=what, description=what)
-        add_settings_arguments(p)
+        add_settings_arguments(p, only=settings_for(name))
     return top
 
 

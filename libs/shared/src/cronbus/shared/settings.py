@@ -12,7 +12,7 @@ import argparse
 import dataclasses
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,17 +123,95 @@ def _env(name: str) -> str:
     return "CRONBUS_" + name.upper()
 
 
-def add_settings_arguments(parser: argparse.ArgumentParser, only: set[str] | None = None) -> None:
+# What each setting is for, shown by --help.
+_HELP = {
+    "nats_url": "NATS server URL; several, comma-separated, for a cluster",
+    "prefix": "prefix of every stream, subject and bucket (several installs can share NATS)",
+    "instance_id": "this process's name in the lease, presence and run records (default host-pid)",
+    "data_dir": "directory of the embedded SQLite history (when no database URL is given)",
+    "database_url": "history database: postgresql://... or sqlite:///path (default: SQLite in the data dir)",
+    "api_host": "address the API listens on",
+    "api_port": "port the API listens on (0 picks a free one)",
+    "pools": "pools this runner takes work from, comma-separated",
+    "admin_key": "bootstrap admin API key",
+    "log_level": "DEBUG, INFO, WARNING or ERROR",
+    "replicas": "replicas of every stream and bucket: 1 for one server, 3 on a cluster",
+    "lease_ttl": "scheduler lease lifetime without renewal",
+    "lease_renew": "how often the leader renews its lease",
+    "lease_margin": "how long before its lease could expire a leader stops publishing",
+    "concurrency": "runs one runner executes at once",
+    "ack_wait": "how long a dispatch stays with a runner without a heartbeat",
+    "heartbeat": "how often a runner signals progress and presence",
+    "output_cap": "bytes of output kept per run attempt",
+    "grace_period": "on SIGTERM, how long in-flight work may finish before it is handed back",
+    "dispatch_max_age": "how long dispatches are kept in the DISPATCH stream",
+    "runs_max_age": "how long run events are kept in the RUNS stream",
+    "logs_max_age": "how long output is kept in the LOGS stream",
+    "logs_max_bytes": "bytes of output kept in the LOGS stream",
+    "dedupe_window": "JetStream duplicate window of the DISPATCH stream",
+    "history_runs_per_job": "finished runs kept per job in SQL (0 keeps all)",
+    "history_logs_per_job": "finished runs per job that keep their output in SQL (0 keeps all)",
+    "history_retention_interval": "how often retention runs",
+    "history_log_bytes_per_job": "bytes of output kept per job in SQL, e.g. 100MiB (0 keeps all)",
+    "history_log_bytes_total": "bytes of output kept across all jobs in SQL (0 keeps all)",
+}
+
+# Every service connects to NATS and declares the streams and buckets, so it reads these.
+_COMMON = frozenset(
+    {
+        "nats_url",
+        "prefix",
+        "instance_id",
+        "log_level",
+        "grace_period",
+        "replicas",
+        "lease_ttl",
+        "heartbeat",
+        "dispatch_max_age",
+        "runs_max_age",
+        "logs_max_age",
+        "logs_max_bytes",
+        "dedupe_window",
+    }
+)
+_HISTORY_DB = frozenset({"database_url", "data_dir"})
+
+# The settings each service reads beyond the common ones; `--help` lists only those.
+SERVICE_SETTINGS: dict[str, frozenset[str]] = {
+    "scheduler": _COMMON | {"lease_renew", "lease_margin"},
+    "runner": _COMMON | {"pools", "concurrency", "ack_wait", "output_cap"},
+    "logs": _COMMON
+    | _HISTORY_DB
+    | {
+        "history_runs_per_job",
+        "history_logs_per_job",
+        "history_retention_interval",
+        "history_log_bytes_per_job",
+        "history_log_bytes_total",
+    },
+    "api": _COMMON | _HISTORY_DB | {"api_host", "api_port", "admin_key"},
+}
+
+
+def settings_for(service: str) -> frozenset[str]:
+    """The settings `service` reads; a setting no service claims is offered to all of them."""
+    claimed = frozenset().union(*SERVICE_SETTINGS.values())
+    unclaimed = {f.name for f in dataclasses.fields(Settings)} - claimed
+    return SERVICE_SETTINGS[service] | unclaimed
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser, only: Collection[str] | None = None) -> None:
     """Add a flag for every setting (or those in `only`); values stay strings until parsed."""
     for f in dataclasses.fields(Settings):
         if only is not None and f.name not in only:
             continue
+        what = _HELP.get(f.name, "")
         parser.add_argument(
             _flag(f.name),
             dest=f.name,
             default=None,
             metavar=f.name.upper(),
-            help=f"(env {_env(f.name)})",
+            help=f"{what} (env {_env(f.name)})" if what else f"(env {_env(f.name)})",
         )
 
 
