@@ -122,6 +122,10 @@ class JobSpec(msgspec.Struct, kw_only=True):
     description: str = ""
     labels: dict[str, str] = {}
     retention: Retention = msgspec.field(default_factory=Retention)
+    # `@every` slots lie on the grid through this instant. The API sets it to the job's
+    # creation time unless the client names one; None (jobs from before anchors existed)
+    # keeps the grid through the Unix epoch, so their slots never move.
+    anchor: datetime | None = None
 
 
 # --- events --------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """`Schedule`: when a job fires. Pure: time is always passed in, never read.
 
 Kinds: cron (5 fields, or 6 with seconds first), the `@hourly`-style aliases,
-`@every <duration>` (anchored to the Unix epoch, so every replica computes the same slots)
+`@every <duration>` (slots on a grid through the job's anchor, so every replica computes the same
+slots; without an anchor the grid runs through the Unix epoch)
 and `@at <ISO-8601>` (one slot). Cron fields are read in the job's IANA time zone.
 
 croniter parses the fields (names, ranges, steps, `L`, `#`); matching is our own, on wall-clock
@@ -23,7 +24,7 @@ import calendar
 import hashlib
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -245,11 +246,15 @@ class Schedule:
     # cron: the normalised expression; every: the interval in seconds; at: the instant.
     cron: str = ""
     interval: float = 0.0
+    # every: where the grid sits, in ms after an epoch-aligned slot (the anchor modulo the
+    # interval): slots are epoch + phase_ms + k * interval.
+    phase_ms: int = 0
     at: datetime | None = None
     fields: CronFields | None = field(default=None, repr=False, compare=False)
 
     @classmethod
-    def parse(cls, expression: str, timezone: str = "UTC") -> Schedule:
+    def parse(cls, expression: str, timezone: str = "UTC", anchor: datetime | None = None) -> Schedule:
+        """`anchor` places an `@every` grid (a slot falls on it); cron and `@at` ignore it."""
         zone = parse_timezone(timezone)
         text = " ".join(expression.split())
         if not text:
@@ -265,7 +270,8 @@ class Schedule:
                 ) from None
             if seconds < 1:
                 raise ScheduleError("schedule", "'@every' must be at least 1s, e.g. '@every 5s'")
-            return cls(expression=text, timezone=timezone, kind="every", interval=seconds)
+            every = cls(expression=text, timezone=timezone, kind="every", interval=seconds)
+            return every.anchored(anchor) if anchor is not None else every
         if lowered.startswith("@at"):
             rest = text[len("@at") :].strip()
             try:
@@ -286,6 +292,14 @@ class Schedule:
             )
         return cls(expression=text, timezone=timezone, kind="cron", cron=cron, fields=fields)
 
+    def anchored(self, anchor: datetime) -> Schedule:
+        """This `@every` schedule on the grid through `anchor`; other kinds are returned as they are."""
+        if self.kind != "every":
+            return self
+        step = round(self.interval * 1000)
+        phase = ((anchor.astimezone(UTC) - _EPOCH) // timedelta(milliseconds=1)) % step
+        return self if phase == self.phase_ms else replace(self, phase_ms=phase)
+
     @property
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
@@ -294,10 +308,10 @@ class Schedule:
         """The first slot strictly after `after` (aware), in UTC; None when there is none."""
         after = after.astimezone(UTC)
         if self.kind == "every":
-            # Integer milliseconds: float steps would drift off the epoch grid.
+            # Integer milliseconds: float steps would drift off the grid.
             step = round(self.interval * 1000)
-            now_ms = (after - _EPOCH) // timedelta(milliseconds=1)
-            return _EPOCH + timedelta(milliseconds=(now_ms // step + 1) * step)
+            now_ms = (after - _EPOCH) // timedelta(milliseconds=1) - self.phase_ms
+            return _EPOCH + timedelta(milliseconds=(now_ms // step + 1) * step + self.phase_ms)
         if self.kind == "at":
             assert self.at is not None
             return self.at if self.at > after else None

@@ -315,6 +315,7 @@ class Timetable:
     _changes: int = 0
     _summary: tuple[int, float, dict[str, str]] = (-1, 0.0, {})
     _schedules: dict[tuple[str, str], Schedule | ScheduleError] = field(default_factory=dict)
+    _grids: dict[tuple[str, str, int], Schedule] = field(default_factory=dict)
     # Jobs sharing a schedule ask for the same next slot after the same instant (all of them at
     # takeover, a burst of them each time they fire together): compute it once.
     _next_slots: dict[tuple[int, datetime], datetime | None] = field(default_factory=dict)
@@ -327,7 +328,9 @@ class Timetable:
 
     # --- evolving from JOBS ---------------------------------------------------------------------
 
-    def schedule_for(self, expression: str, timezone: str) -> Schedule | ScheduleError:
+    def schedule_for(
+        self, expression: str, timezone: str, anchor: datetime | None = None
+    ) -> Schedule | ScheduleError:
         key = (expression, timezone)
         found = self._schedules.get(key)
         if found is None:
@@ -336,10 +339,14 @@ class Timetable:
             except ScheduleError as exc:
                 found = exc
             self._schedules[key] = found
-        return found
+        if anchor is None or isinstance(found, ScheduleError) or found.kind != "every":
+            return found
+        # Jobs whose anchors sit at the same phase of the same interval share one grid.
+        grid = found.anchored(anchor)
+        return self._grids.setdefault((expression, timezone, grid.phase_ms), grid)
 
     def _job_from(self, job_id: str, revision: int, spec: JobSpec) -> Job:
-        schedule = self.schedule_for(spec.schedule, spec.timezone)
+        schedule = self.schedule_for(spec.schedule, spec.timezone, spec.anchor)
         return Job(
             job_id=job_id,
             revision=revision,
