@@ -35,7 +35,9 @@ def _finished(attempt: int, *, final: bool, status: RunStatus = "failed", error:
 
 
 def _handed_back(attempt: int) -> RunFinished:
-    return _finished(attempt, final=False, status="lost", error=HANDED_BACK)
+    event = _finished(attempt, final=False, status="lost", error="the runner stopped; handed back")
+    event.handed_back = True
+    return event
 
 
 def test_delivery_plans():
@@ -73,6 +75,25 @@ def test_only_attempts_that_started_get_a_number_and_hand_backs_do_not_count():
     # A lost attempt (its runner died) counts.
     plan = plan_delivery([_started(1), _handed_back(1), _started(2)], retries)
     assert (plan.lost_attempt, plan.attempt, plan.counted, plan.lost_is_final) == (2, 3, 1, False)
+
+
+def test_a_hand_back_is_read_from_its_field_and_from_the_text_of_older_events():
+    retries = Retries(max_attempts=1)
+    # The field decides, whatever the error text says.
+    plan = plan_delivery([_started(1), _handed_back(1)], retries)
+    assert (plan.attempt, plan.counted) == (2, 0)
+    # A `lost` with the same text but no field, as a runner wrote it before the field existed.
+    legacy = msgspec.json.decode(
+        b'{"type": "run.finished", "run_id": "r", "job_id": "j", "slot": "2026-01-01T00:00:00Z", '
+        b'"attempt": 1, "status": "lost", "final": false, "error": "' + HANDED_BACK.encode() + b'"}',
+        type=RunFinished,
+    )
+    assert not legacy.handed_back
+    plan = plan_delivery([_started(1), legacy], retries)
+    assert (plan.attempt, plan.counted) == (2, 0)
+    # A `lost` whose runner died counts, whatever its text.
+    died = _finished(1, final=False, status="lost", error="attempt 1 started on runner a, which stopped")
+    assert plan_delivery([_started(1), died], retries).counted == 1
 
 
 @pytest.mark.parametrize(

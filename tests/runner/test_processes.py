@@ -116,6 +116,8 @@ async def test_a_stopping_runner_hands_back_what_does_not_finish_in_its_grace_pe
         finishes = [e for e in await run_events(bus.js, settings, d.run_id) if isinstance(e, RunFinished)]
         assert [(f.status, f.final) for f in finishes] == [("lost", False), ("succeeded", True)]
         assert "handed back" in finishes[0].error
+        assert finishes[0].handed_back
+        assert not finishes[1].handed_back
         assert await output_of(bus.js, settings, d.run_id, attempt=2) == b"second\n"
         kv = await bus.js.key_value(settings.names.runners_bucket)
         assert first.runner not in await kv.keys()

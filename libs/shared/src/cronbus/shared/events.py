@@ -207,6 +207,9 @@ class RunFinished(RunEvent, kw_only=True, tag="run.finished"):
     peak_rss_bytes: int | None = None
     output_bytes: int = 0
     truncated: bool = False
+    # A `lost` attempt its runner gave back on a graceful stop: not the job's failure, so it
+    # does not count against `retries.max_attempts`.
+    handed_back: bool = False
 
 
 JobEvents: TypeAlias = JobCreated | JobUpdated | JobDeleted | JobPaused | JobResumed

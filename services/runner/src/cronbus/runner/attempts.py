@@ -22,12 +22,19 @@ from cronbus.shared.events import Retries, RunEvents, RunFinished, RunStarted, R
 _NO_RETRY: frozenset[RunStatus] = frozenset({"succeeded", "cancelled", "skipped"})
 
 # The `error` of the `lost` outcome a runner records when it hands a run back on a graceful
-# stop; it marks attempts that do not count against `max_attempts`.
+# stop (with `handed_back=True`).
 HANDED_BACK = "the runner stopped before the run finished; handed back"
 
 
 def is_hand_back(event: RunEvents) -> bool:
-    return isinstance(event, RunFinished) and event.status == "lost" and event.error == HANDED_BACK
+    """A hand-back: an attempt that does not count against `max_attempts`.
+
+    Runners now say so in `RunFinished.handed_back`; events written before that field existed
+    are recognised by their `error` text, so older history keeps its meaning.
+    """
+    if not isinstance(event, RunFinished):
+        return False
+    return event.handed_back or (event.status == "lost" and event.error == HANDED_BACK)
 
 
 @dataclass(frozen=True, slots=True)

@@ -406,7 +406,9 @@ class RunHandler:
             # it again, and this attempt does not count against `max_attempts`.
             await self.events.publish(
                 subject,
-                self._finished(d, attempt, status="lost", final=False, error=HANDED_BACK, **common),
+                self._finished(
+                    d, attempt, status="lost", final=False, error=HANDED_BACK, handed_back=True, **common
+                ),
                 msg_id=finished_msg_id(d.run_id, attempt),
             )
             await msg.nak()
