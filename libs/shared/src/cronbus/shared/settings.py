@@ -55,6 +55,9 @@ class Settings:
     heartbeat: float = 5.0
     # Bytes of output kept per run attempt; the rest is counted, then discarded.
     output_cap: int = 10 * 1024 * 1024
+    # Names of the runner's environment a job may see, comma-separated (`PREFIX*` allowed);
+    # CRONBUS_* names never pass.
+    job_env_passthrough: str = ""
     # Graceful stop: in-flight work gets this long before it is handed back.
     grace_period: float = 20.0
     # Retention
@@ -143,6 +146,8 @@ _HELP = {
     "ack_wait": "how long a dispatch stays with a runner without a heartbeat",
     "heartbeat": "how often a runner signals progress and presence",
     "output_cap": "bytes of output kept per run attempt",
+    "job_env_passthrough": "variables of the runner's environment jobs may see, comma-separated "
+    "(PREFIX* allowed; CRONBUS_* never)",
     "grace_period": "on SIGTERM, how long in-flight work may finish before it is handed back",
     "dispatch_max_age": "how long dispatches are kept in the DISPATCH stream",
     "runs_max_age": "how long run events are kept in the RUNS stream",
@@ -179,7 +184,7 @@ _HISTORY_DB = frozenset({"database_url", "data_dir"})
 # The settings each service reads beyond the common ones; `--help` lists only those.
 SERVICE_SETTINGS: dict[str, frozenset[str]] = {
     "scheduler": _COMMON | {"lease_renew", "lease_margin"},
-    "runner": _COMMON | {"pools", "concurrency", "ack_wait", "output_cap"},
+    "runner": _COMMON | {"pools", "concurrency", "ack_wait", "output_cap", "job_env_passthrough"},
     "logs": _COMMON
     | _HISTORY_DB
     | {

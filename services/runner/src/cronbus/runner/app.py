@@ -17,6 +17,7 @@ from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from cronbus.runner.environment import parse_passthrough
 from cronbus.runner.executors import http_client
 from cronbus.runner.overlap import RunningRecords
 from cronbus.runner.presence import Presence
@@ -268,4 +269,6 @@ async def _nak_quietly(msg: Msg) -> None:
 
 
 def create_service(settings: Settings) -> RunnerService:
+    # A wrong allow-list is an operator's error: refuse to start, saying which entry.
+    parse_passthrough(settings.job_env_passthrough)
     return RunnerService(settings)

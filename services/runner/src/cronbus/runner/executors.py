@@ -67,6 +67,8 @@ class RunControl:
 
     output: LiveOutput
     timeout: float | None = None
+    # The complete environment of a shell run (see cronbus.runner.environment).
+    env: dict[str, str] = field(default_factory=dict)
     # SIGTERM -> SIGKILL grace when a process group is ended.
     kill_grace: float = 5.0
     interrupted: asyncio.Event = field(default_factory=asyncio.Event)
@@ -131,9 +133,7 @@ class ShellExecution:
             await control.output.note("cronbus: the command is empty")
             return Outcome("failed", error="the command is empty")
         try:
-            proc = await ChildProcess.start(
-                argv, env={**os.environ, **self.spec.env} if self.spec.env else None, cwd=self.spec.cwd
-            )
+            proc = await ChildProcess.start(argv, env=control.env, cwd=self.spec.cwd)
         except OSError as exc:
             what = exc.filename if exc.filename else argv[0]
             reason = exc.strerror or str(exc)

@@ -23,6 +23,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from cronbus.runner.attempts import HANDED_BACK, after_attempt, needs_history, plan_delivery
+from cronbus.runner.environment import RunIdentity, job_environment, parse_passthrough
 from cronbus.runner.executors import RunControl, execution_for
 from cronbus.runner.output import Chunk, Chunker, LiveOutput
 from cronbus.runner.overlap import Holder, RunningRecords
@@ -36,6 +37,7 @@ from cronbus.shared.events import (
     RunEvents,
     RunFinished,
     RunStarted,
+    ShellExecutor,
     decode_dispatch,
     decode_run_event,
     decode_run_identity,
@@ -173,6 +175,9 @@ class RunHandler:
         self.stopping = stopping
         self.events = EventPublisher(js, patience=max(settings.ack_wait, PUBLISH_PATIENCE_FLOOR))
         self.active: dict[str, RunControl] = {}
+        # Read once: the runner's environment does not change while it runs.
+        self._runner_env = dict(os.environ)
+        self._passthrough = parse_passthrough(settings.job_env_passthrough)
         self._handing_back = False
         self.host = socket.gethostname()
         self.pid = os.getpid()
@@ -293,7 +298,7 @@ class RunHandler:
 
         chunker = Chunker(cap=self.settings.output_cap)
         output = LiveOutput(self._chunk_publisher(d, attempt), chunker)
-        control = RunControl(output=output, timeout=d.spec.timeout)
+        control = RunControl(output=output, timeout=d.spec.timeout, env=self._job_env(d, attempt))
         self.active[d.run_id] = control
         if self._handing_back:
             control.interrupt("handed_back")
@@ -307,6 +312,16 @@ class RunHandler:
                     await self._release(d)
         finally:
             self.active.pop(d.run_id, None)
+
+    def _job_env(self, d: RunDispatched, attempt: int) -> dict[str, str]:
+        executor = d.spec.executor
+        return job_environment(
+            self._runner_env,
+            passthrough=self._passthrough,
+            run=RunIdentity(run_id=d.run_id, job_id=d.job_id, slot=d.slot, attempt=attempt),
+            timezone=d.spec.timezone,
+            job_env=executor.env if isinstance(executor, ShellExecutor) else {},
+        )
 
     async def _admit(self, msg: Msg, d: RunDispatched, attempt: int, control: RunControl) -> bool:
         """Apply the overlap policy; True when this delivery may run now."""
