@@ -191,6 +191,22 @@ def test_slots_between_is_half_open() -> None:
         ("@every 0s", "UTC", "at least 1s"),
         ("@at tomorrow", "UTC", "'@at' needs an ISO-8601 time"),
         ("", "UTC", "empty"),
+        # croniter reads a backwards range as '*' and takes any step: both are refused.
+        ("1-0 * * * *", "UTC", "runs backwards"),
+        ("0 0 * * FRI-MON", "UTC", "runs backwards"),
+        ("0 0 * DEC-JAN *", "UTC", "runs backwards"),
+        ("*/99999999999 * * * *", "UTC", "must be 1 to 60"),
+        ("0 */25 * * *", "UTC", "must be 1 to 24"),
+        ("*/0 * * * *", "UTC", "step '0'"),
+        ("@every 99999999999999999999d", "UTC", "longer than the maximum, 366d"),
+        ("@every 367d", "UTC", "longer than the maximum, 366d"),
+        ("@every nan", "UTC", "not a finite duration"),
+        ("@every inf", "UTC", "not a finite duration"),
+        ("@every -5s", "UTC", "'@every' needs a duration"),
+        ("@at 0001-01-01T00:00:00Z", "UTC", "the year must be 1970 to 2200"),
+        ("@at 9999-12-31T23:59:59", "Europe/Berlin", "the year must be 1970 to 2200"),
+        ("0 3 * * *\x00", "UTC", "control characters"),
+        ("0 " + ",".join(["1"] * 600) + " * * *", "UTC", "at most 1000"),
     ],
 )
 def test_invalid_expressions_say_what_and_where(expression: str, zone: str, says: str) -> None:
@@ -200,6 +216,40 @@ def test_invalid_expressions_say_what_and_where(expression: str, zone: str, says
     assert says in caught.value.reason
     # Every message offers an example of something that works.
     assert "e.g." in caught.value.reason or "like" in caught.value.reason or "use" in caught.value.reason
+
+
+@pytest.mark.parametrize(
+    "zone",
+    [
+        "posixrules",
+        "localtime",
+        "Factory",
+        "right/UTC",
+        "posix/Europe/Berlin",
+        "x" * 300,
+        "../UTC",
+        "Europe/",
+    ],
+)
+def test_only_iana_zone_names(zone: str) -> None:
+    with pytest.raises(ScheduleError) as caught:
+        Schedule.parse("0 3 * * *", zone)
+    assert caught.value.field == "timezone"
+    assert "is not an IANA time zone" in caught.value.reason
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Europe/Berlin", "America/Argentina/Buenos_Aires", "Etc/GMT+5"])
+def test_iana_zones_stay_valid(zone: str) -> None:
+    assert Schedule.parse("0 3 * * *", zone).timezone == zone
+
+
+@pytest.mark.parametrize(
+    "expression",
+    ["*/60 * * * *", "0 9-17 * * MON-FRI", "0 0 * * 0-7", "0 0 1 JAN-DEC *", "5-5 * * * *", "@every 366d",
+     "@at 1970-01-01T00:00:00Z", "@at 2200-12-31T23:59:59Z", "0 0 * * 5#3", "0 0 L * *"],
+)  # fmt: skip
+def test_bounded_forms_stay_valid(expression: str) -> None:
+    assert Schedule.parse(expression, "UTC").expression == expression
 
 
 def test_unknown_zone() -> None:

@@ -8,7 +8,9 @@ and `@at <ISO-8601>` (one slot). Cron fields are read in the job's IANA time zon
 croniter parses the fields (names, ranges, steps, `L`, `#`); matching is our own, on wall-clock
 time, because croniter alone gets two things wrong that cronbus promises (DESIGN.md "Time
 semantics"): it reads `N-N` as `*`, and it fires twice when a local time repeats at the end of
-daylight saving time. Here:
+daylight saving time. It also reads `5-1` as `*` and takes steps such as `*/99`; both are
+refused here. Limits: `@every` 1s to 366d, `@at` in the years 1970 to 2200, IANA zone names
+only. Here:
 
 * a wall-clock time that does not exist (spring forward) fires once, at the first valid instant
   after it (the transition itself); several such times collapse into that one slot;
@@ -26,7 +28,8 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from functools import lru_cache
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from croniter import CroniterError, croniter
 
@@ -45,6 +48,12 @@ ALIASES = {
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # Far enough to find the rarest real schedule (29 February on a given weekday: a 28-year cycle).
 _SEARCH_YEARS = 30
+# The longest schedule text accepted: a cron list of every minute is under 200 characters.
+MAX_EXPRESSION = 1000
+# The longest `@every` interval: a year (leap years included).
+MAX_INTERVAL = 366 * 86400.0
+# The years an `@at` instant may fall in.
+MIN_YEAR, MAX_YEAR = 1970, 2200
 # (name, position in a 5-field expression, range, example) for messages that help.
 _FIELDS = (
     ("minute", 0, "0-59", "'*/15' or '0,30'"),
@@ -54,6 +63,19 @@ _FIELDS = (
     ("day-of-week", 4, "0-7 or SUN-SAT (0 and 7 are Sunday)", "'MON-FRI' or '5#3'"),
 )
 _SECOND = ("second", -1, "0-59", "'0' or '*/10'")
+# How many values each field has: the largest step that still means something.
+_SPAN = {"second": 60, "minute": 60, "hour": 24, "day-of-month": 31, "month": 12, "day-of-week": 7}
+_NAMED = {
+    name: number
+    for number, name in enumerate(
+        ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"), start=1
+    )
+} | {name: number for number, name in enumerate(("sun", "mon", "tue", "wed", "thu", "fri", "sat"))}
+# Names zoneinfo can load that are not IANA zones: the system's own setting, tzdata's
+# placeholder, a build artefact, and the duplicate trees with and without leap seconds.
+_NOT_ZONES = frozenset({"localtime", "Factory", "posixrules"})
+_NOT_ZONE_TREES = ("posix/", "right/")
+_ZONE_EXAMPLES = "use a name like 'UTC', 'Europe/Berlin' or 'America/New_York'"
 # `5-5` and `5-5/2` mean just 5; croniter would read them as `*`.
 _SINGLE_RANGE = re.compile(r"(?<![\w#])(\w+)-\1(?:/\d+)?(?![\w#])", re.IGNORECASE)
 
@@ -67,13 +89,25 @@ class ScheduleError(ValueError):
         self.reason = reason
 
 
+@lru_cache(maxsize=1)
+def iana_zones() -> frozenset[str]:
+    """The IANA time zone names this host knows (tzdata), without the aliases that are not zones."""
+    return frozenset(
+        name
+        for name in available_timezones()
+        if name not in _NOT_ZONES and not name.startswith(_NOT_ZONE_TREES)
+    )
+
+
 def parse_timezone(name: str) -> ZoneInfo:
+    """The zone named `name`, which must be an IANA name (`UTC`, `Europe/Berlin`, `Etc/GMT+5`)."""
+    if name not in iana_zones():
+        shown = repr(name) if len(name) <= 64 else f"{name[:64]!r}... ({len(name)} characters)"
+        raise ScheduleError("timezone", f"{shown} is not an IANA time zone; {_ZONE_EXAMPLES}")
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ScheduleError(
-            "timezone", f"{name!r} is not an IANA time zone; use a name like 'UTC' or 'Europe/Berlin'"
-        ) from None
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise ScheduleError("timezone", f"{name!r} cannot be loaded on this host; {_ZONE_EXAMPLES}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,10 +204,37 @@ def _check_field(name: str, position: int, allowed: str, example: str, text: str
     probe[max(position, 0)] = text
     try:
         croniter.expand(" ".join(probe))
-    except (CroniterError, ValueError, KeyError, IndexError) as exc:
+    except (CroniterError, ValueError, KeyError, IndexError, OverflowError) as exc:
         raise ScheduleError(
             "schedule", f"{name} field {text!r} is not valid (allowed: {allowed}; e.g. {example}): {exc}"
         ) from None
+    _check_ranges_and_steps(name, example, text)
+
+
+def _field_value(text: str) -> int | None:
+    """A plain field value as a number (names included); None for anything else (`L`, `5#3`)."""
+    lowered = text.lower()
+    if lowered in _NAMED:
+        return _NAMED[lowered]
+    return int(lowered) if lowered.isdigit() else None
+
+
+def _check_ranges_and_steps(name: str, example: str, text: str) -> None:
+    """Reject what croniter reads as something else: `5-1` (as `*`) and steps beyond the field."""
+    for part in text.split(","):
+        span, _, step = part.partition("/")
+        if step and (not step.isdigit() or not 1 <= int(step) <= _SPAN[name]):
+            raise ScheduleError(
+                "schedule", f"{name} field {text!r}: step {step!r} must be 1 to {_SPAN[name]}; e.g. {example}"
+            )
+        low, dash, high = span.partition("-")
+        first, last = _field_value(low), _field_value(high)
+        if dash and first is not None and last is not None and first > last:
+            raise ScheduleError(
+                "schedule",
+                f"{name} field {text!r}: the range {span!r} runs backwards; write it low to high "
+                f"(e.g. '{high}-{low}'), or as a list (e.g. '{low},{high}')",
+            )
 
 
 def compile_cron(text: str) -> tuple[str, CronFields]:
@@ -200,7 +261,7 @@ def compile_cron(text: str) -> tuple[str, CronFields]:
     try:
         expanded, nth = croniter.expand(" ".join(five))
         seconds_expanded, _ = croniter.expand(f"{second} * * * *")
-    except (CroniterError, ValueError, KeyError, IndexError) as exc:
+    except (CroniterError, ValueError, KeyError, IndexError, OverflowError) as exc:
         raise ScheduleError("schedule", f"{text!r} is not a valid cron expression: {exc}") from None
     minutes, hours, days, months, weekdays = expanded
     fields = CronFields(
@@ -256,9 +317,16 @@ class Schedule:
     def parse(cls, expression: str, timezone: str = "UTC", anchor: datetime | None = None) -> Schedule:
         """`anchor` places an `@every` grid (a slot falls on it); cron and `@at` ignore it."""
         zone = parse_timezone(timezone)
+        if len(expression) > MAX_EXPRESSION:
+            raise ScheduleError(
+                "schedule",
+                f"{len(expression)} characters; a schedule has at most {MAX_EXPRESSION}, e.g. '0 3 * * *'",
+            )
         text = " ".join(expression.split())
         if not text:
             raise ScheduleError("schedule", "empty; write a cron expression like '0 3 * * *'")
+        if not text.isprintable():
+            raise ScheduleError("schedule", "contains control characters; write e.g. '0 3 * * *'")
         lowered = text.lower()
         if lowered.startswith("@every"):
             rest = text[len("@every") :].strip()
@@ -270,6 +338,12 @@ class Schedule:
                 ) from None
             if seconds < 1:
                 raise ScheduleError("schedule", "'@every' must be at least 1s, e.g. '@every 5s'")
+            if seconds > MAX_INTERVAL:
+                raise ScheduleError(
+                    "schedule",
+                    f"'@every {rest}' is longer than the maximum, 366d; use a cron expression for rarer "
+                    "schedules, e.g. '0 0 1 1 *'",
+                )
             every = cls(expression=text, timezone=timezone, kind="every", interval=seconds)
             return every.anchored(anchor) if anchor is not None else every
         if lowered.startswith("@at"):
@@ -280,6 +354,13 @@ class Schedule:
                 raise ScheduleError(
                     "schedule", f"'@at' needs an ISO-8601 time like '@at 2030-01-31T09:00:00Z', not {rest!r}"
                 ) from None
+            # Checked before any conversion: years 1 and 9999 overflow when shifted by a zone.
+            if not MIN_YEAR <= instant.year <= MAX_YEAR:
+                raise ScheduleError(
+                    "schedule",
+                    f"'@at {rest}': the year must be {MIN_YEAR} to {MAX_YEAR}, "
+                    "e.g. '@at 2030-01-31T09:00:00Z'",
+                )
             if instant.tzinfo is None:
                 instant = _to_instant(instant, zone)
             return cls(expression=text, timezone=timezone, kind="at", at=instant.astimezone(UTC))
