@@ -1,0 +1,192 @@
+"""Projection benchmark: events per second the logs service applies into SQLite and PostgreSQL.
+
+Each figure fills DISPATCH, RUNS and LOGS of an embedded nats-server with the whole life of
+short runs (dispatched, started, one output chunk, finished), then starts a real
+`cronbus logs` process and times it from its first stored position to the streams' last
+sequences. PostgreSQL is measured when CRONBUS_TEST_DATABASE_URL (or BENCH_DATABASE_URL)
+names a server: the benchmark creates a database of its own there and drops it afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+from sqlalchemy import select
+
+from cronbus.shared.bus import Bus, ensure_topology
+from cronbus.shared.events import (
+    JobSpec,
+    LogChunk,
+    RunDispatched,
+    RunFinished,
+    RunStarted,
+    ShellExecutor,
+    encode,
+    run_id_for,
+)
+from cronbus.shared.history.schema import projector_positions
+from cronbus.shared.history.store import create_engine
+from cronbus.shared.natsd import EmbeddedNats
+from cronbus.shared.settings import Settings, build_settings
+from tests.bench.common import Figure
+from tests.support import service_command
+
+RUNS = 10_000  # 4 events each
+TARGET = 20_000.0
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+async def fill_streams(settings: Settings, runs: int) -> dict[str, int]:
+    """Publish `runs` whole run lives; the last sequence of each stream."""
+    names = settings.names
+    spec = JobSpec(name="bench", schedule="* * * * * *", executor=ShellExecutor(command="true"))
+    bus = await Bus.open(settings, "bench")
+    try:
+        await ensure_topology(bus.js, settings)
+        pending: list[asyncio.Future[object]] = []
+        for i in range(runs):
+            job_id = f"job-{i % 100}"
+            slot = T0 + timedelta(seconds=i)
+            run_id = run_id_for(job_id, slot)
+            ids = {"run_id": run_id, "job_id": job_id, "slot": slot}
+            for subject, event in (
+                (names.dispatch_subject("default", job_id), RunDispatched(**ids, pool="default", spec=spec)),
+                (names.run_subject(job_id, run_id), RunStarted(**ids, runner="bench")),
+                (names.log_subject(run_id), LogChunk(**ids, seq=0, data=b"ok\n")),
+                (
+                    names.run_subject(job_id, run_id),
+                    RunFinished(**ids, status="succeeded", runner="bench", exit_code=0, output_bytes=3),
+                ),
+            ):
+                pending.append(await bus.js.publish_async(subject, encode(event)))
+            if len(pending) >= 4000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+        last = {}
+        for stream in (names.dispatch_stream, names.runs_stream, names.logs_stream):
+            last[stream] = (await bus.js.stream_info(stream)).state.last_seq
+        return last
+    finally:
+        await bus.close()
+
+
+async def positions(sql_url: str) -> dict[str, int]:
+    engine = create_engine(sql_url)
+    try:
+        async with engine.connect() as conn:
+            rows = await conn.execute(
+                select(projector_positions.c.consumer, projector_positions.c.stream_seq)
+            )
+            return {consumer: seq for consumer, seq in rows}
+    except Exception:
+        return {}  # not migrated yet
+    finally:
+        await engine.dispose()
+
+
+async def project(settings: Settings, database_url: str, workdir: Path, runs: int) -> tuple[float, int]:
+    """Events per second from the first stored position to the last; and the event count."""
+    last = await fill_streams(settings, runs)
+    total = sum(last.values())
+    sql_url = build_settings(environ={}, database_url=database_url, data_dir=workdir).sql_url
+    env = {**os.environ, "CRONBUS_LOG_LEVEL": "WARNING", "CRONBUS_DATABASE_URL": database_url}
+    env["CRONBUS_HISTORY_RETENTION_INTERVAL"] = "0"
+    with (workdir / "logs.log").open("ab") as out:
+        proc = await asyncio.create_subprocess_exec(
+            *service_command(
+                "logs", nats_url=settings.nats_url, prefix=settings.prefix, instance_id="bench-logs"
+            ),
+            env=env,
+            stdout=out,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+    try:
+        first: float | None = None
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            seen = await positions(sql_url)
+            done = sum(min(seq, max(last.values())) for seq in seen.values())
+            if first is None and done > 0:
+                first = time.monotonic()
+            if len(seen) >= len(last) and sum(seen.values()) >= total:
+                assert first is not None
+                return total / max(time.monotonic() - first, 1e-6), total
+            await asyncio.sleep(0.05)
+        raise RuntimeError(f"projection did not finish within 600 s; see {workdir / 'logs.log'}")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), timeout=30)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+@contextlib.asynccontextmanager
+async def postgres_database() -> AsyncIterator[str | None]:
+    admin = os.environ.get("BENCH_DATABASE_URL") or os.environ.get("CRONBUS_TEST_DATABASE_URL")
+    if not admin:
+        yield None
+        return
+    admin = admin.replace("postgresql+asyncpg://", "postgresql://")
+    name = "cronbus_bench_" + uuid.uuid4().hex[:8]
+    conn = await asyncpg.connect(admin)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    try:
+        yield admin.rsplit("/", 1)[0] + "/" + name
+    finally:
+        conn = await asyncpg.connect(admin)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+
+async def main() -> list[Figure]:
+    figures = []
+    with tempfile.TemporaryDirectory(prefix="cronbus-bench-") as tmp:
+        workdir = Path(tmp)
+        async with EmbeddedNats(workdir / "nats", log_file=workdir / "nats.log") as server:
+
+            def fresh() -> Settings:
+                return build_settings(environ={}, nats_url=server.url, prefix="b" + uuid.uuid4().hex[:8])
+
+            rate, events = await project(fresh(), f"sqlite:///{workdir / 'history.db'}", workdir, RUNS)
+            figures.append(
+                Figure(
+                    "projection into SQLite",
+                    rate,
+                    "events/s",
+                    f">= {TARGET:,.0f}",
+                    rate >= TARGET,
+                    f"{events} events",
+                )
+            )
+            async with postgres_database() as pg_url:
+                if pg_url is None:
+                    figures.append(
+                        Figure("projection into PostgreSQL", 0, "events/s", f">= {TARGET:,.0f}", None,
+                               "skipped: set CRONBUS_TEST_DATABASE_URL")
+                    )  # fmt: skip
+                else:
+                    rate, events = await project(fresh(), pg_url, workdir, RUNS)
+                    met = rate >= TARGET
+                    figures.append(
+                        Figure("projection into PostgreSQL", rate, "events/s", f">= {TARGET:,.0f}", met,
+                               f"{events} events")
+                    )  # fmt: skip
+    return figures
