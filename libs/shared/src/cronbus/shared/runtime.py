@@ -90,6 +90,10 @@ def setup_logging(level: str = "INFO") -> None:
     logging.getLogger("nats.aio.client").setLevel(logging.CRITICAL)
     # Migrations say what they did at WARNING and above only; "nothing to do" is not news.
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    # The http executor's client would log every request at INFO: thousands a second under
+    # load. A run's outcome is in its events; only problems belong in the service log.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
 
 
 class StartupError(RuntimeError):
