@@ -176,3 +176,21 @@ async def test_an_http_run_without_a_timeout_ends_when_the_server_stops_answerin
             assert server.hits["/hang"] == 1
     finally:
         await bus.close()
+
+
+async def test_secret_header_values_are_masked_in_the_response_body(settings: Settings, server: LocalServer):
+    bus = await Bus.open(settings, "test")
+    try:
+        async with running(settings):
+            # The server echoes the Cookie header, which is secret by its name.
+            d = await dispatch(
+                bus.js,
+                settings,
+                HttpExecutor(url=f"{server.url}/cookie", headers={"Cookie": "session=topsecret-1234"}),
+            )
+            result = await final_outcome(bus.js, settings, d.run_id)
+            assert result.status == "succeeded"
+            output = await output_of(bus.js, settings, d.run_id)
+            assert output == f"HTTP 200 OK from GET {server.url}/cookie\n".encode() + b"***"
+    finally:
+        await bus.close()

@@ -1,6 +1,7 @@
-"""A run's output on its way to the LOGS stream: capped, cut into chunks, flushed live.
+"""A run's output on its way to the LOGS stream: masked, capped, cut into chunks, flushed live.
 
-`Chunker` is the pure part (cap, ordering, sequence numbers); `LiveOutput` drives it: it
+`Chunker` is the pure part (secret masking, cap, ordering, sequence numbers); `LiveOutput`
+drives it: it
 publishes a chunk as soon as `chunk_size` bytes are pending, and otherwise at most
 `interval` seconds after the first pending byte, so a quiet job's lines appear at once and
 a chatty job's output is batched.
@@ -11,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
+from cronbus.runner.masking import Masker
 from cronbus.shared.events import OutputStream
 
 log = logging.getLogger(__name__)
@@ -38,11 +40,20 @@ def truncation_marker(cap: int) -> bytes:
 
 
 class Chunker:
-    """Collects a run's output in order, keeps at most `cap` bytes of it, and cuts chunks."""
+    """Collects a run's output in order, masks `secrets` in it, keeps at most `cap` bytes of it,
+    and cuts chunks. `finish()` releases what masking kept back once the output has ended."""
 
-    def __init__(self, *, cap: int = DEFAULT_OUTPUT_CAP, chunk_size: int = DEFAULT_CHUNK_SIZE) -> None:
+    def __init__(
+        self,
+        *,
+        cap: int = DEFAULT_OUTPUT_CAP,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        secrets: Sequence[str] = (),
+    ) -> None:
         self.cap = cap
         self.chunk_size = chunk_size
+        self._secrets = tuple(secrets)
+        self._maskers: dict[OutputStream, Masker] = {}
         self.next_seq = 0
         # Everything the job wrote, kept or not.
         self.total_bytes = 0
@@ -52,8 +63,25 @@ class Chunker:
         self.pending_bytes = 0
 
     def add(self, stream: OutputStream, data: bytes) -> None:
-        """Job output: kept up to the cap; past it only counted, after one truncation marker."""
+        """Job output: masked, kept up to the cap; past it only counted, after one truncation
+        marker. `total_bytes` counts what the job wrote; the cap applies to what is kept."""
         self.total_bytes += len(data)
+        if self._secrets:
+            data = self._masker(stream).feed(data)
+        self._keep(stream, data)
+
+    def finish(self) -> None:
+        """The output has ended: what masking kept back (a possible start of a secret) goes out."""
+        for stream, masker in self._maskers.items():
+            self._keep(stream, masker.finish())
+
+    def _masker(self, stream: OutputStream) -> Masker:
+        masker = self._maskers.get(stream)
+        if masker is None:
+            masker = self._maskers[stream] = Masker(self._secrets)
+        return masker
+
+    def _keep(self, stream: OutputStream, data: bytes) -> None:
         room = self.cap - self.kept_bytes
         if room >= len(data):
             self._append(stream, data)
@@ -68,7 +96,8 @@ class Chunker:
 
     def note(self, text: str) -> None:
         """A message from cronbus itself (stream `system`); not counted against the cap."""
-        self._append("system", text.encode() if text.endswith("\n") else (text + "\n").encode())
+        data = text.encode() if text.endswith("\n") else (text + "\n").encode()
+        self._append("system", self._masker("system").mask(data) if self._secrets else data)
 
     @property
     def full(self) -> bool:
@@ -147,6 +176,7 @@ class LiveOutput:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
             self._flusher = None
+        self.chunker.finish()
         try:
             await self.flush()
         except Exception:

@@ -44,6 +44,7 @@ from cronbus.shared.events import (
     encode,
     utcnow,
 )
+from cronbus.shared.secrets import secret_values
 from cronbus.shared.settings import Settings
 from cronbus.shared.tracing import extract_context, inject_headers, tracer
 
@@ -296,7 +297,7 @@ class RunHandler:
                 await msg.ack()
                 return
 
-        chunker = Chunker(cap=self.settings.output_cap)
+        chunker = Chunker(cap=self.settings.output_cap, secrets=secret_values(d.spec.executor))
         output = LiveOutput(self._chunk_publisher(d, attempt), chunker)
         control = RunControl(output=output, timeout=d.spec.timeout, env=self._job_env(d, attempt))
         self.active[d.run_id] = control
