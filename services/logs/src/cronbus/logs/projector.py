@@ -25,10 +25,10 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 from opentelemetry import trace
 
+from cronbus.logs.poison import Decoded, Rejection, describe, is_poison, read_message
 from cronbus.logs.store import HistoryWriter, Sequenced
 from cronbus.shared.events import (
     AnyEvent,
-    MalformedEvent,
     decode_dispatch,
     decode_job_event,
     decode_log_chunk,
@@ -98,6 +98,9 @@ class Projector:
         self._bound_at_reconnects = -1
         # The consumer's delivery sequence of the last message received since binding.
         self._delivered = 0
+        # The stream sequence the next message must have: the position + 1 at binding, then
+        # one past the last message received.
+        self._next_seq = 1
         self._sub: JetStreamContext.PullSubscription | None = None
         # Set when the consumer must be recreated from the position before the next fetch.
         self._stale = True
@@ -105,6 +108,8 @@ class Projector:
         # Counters for operators and tests: events written, and consumer (re)creations.
         self.applied = 0
         self.binds = 0
+        # Messages set aside as poison (recorded in rejected_events) since start.
+        self.rejected = 0
         # Set once the first bind succeeded: the service is ready when all projectors are.
         self.bound = asyncio.Event()
 
@@ -133,6 +138,7 @@ class Projector:
         self._stale = False
         self._bound_at_reconnects = reconnects
         self._delivered = 0
+        self._next_seq = position + 1
         self.binds += 1
         self.bound.set()
         log.info("%s: projecting %s from sequence %d", self.feed.consumer, self.feed.stream, position + 1)
@@ -156,7 +162,7 @@ class Projector:
                 if not msgs:
                     # nats-py can return an empty batch instead of raising a timeout.
                     continue
-                if not self._contiguous(msgs):
+                if not self._contiguous(msgs) or not await self._in_stream_order(msgs):
                     self._stale = True
                     continue
                 idle = 0
@@ -192,6 +198,39 @@ class Projector:
             self._delivered = delivered
         return True
 
+    async def _in_stream_order(self, msgs: Sequence[Msg]) -> bool:
+        """Whether `msgs` continue the stream where the last one left off (or repeat what came
+        before, which the position skips).
+
+        The consumer's delivery sequence says nothing was lost *since* it was created; this
+        says it also started, and goes on, where the position says. A consumer that starts
+        or resumes past the position (recreated by someone else, its state restored ahead of
+        what reached this client after a leader change, a second logs instance sharing it)
+        would otherwise move the position over events that were never applied.
+        """
+        for msg in msgs:
+            seq = msg.metadata.sequence.stream
+            if seq < self._next_seq:
+                continue
+            if seq > self._next_seq and not await self._gone(self._next_seq, seq):
+                log.warning(
+                    "%s: %s seq %d was delivered while seq %d is still in the stream and not applied; "
+                    "binding again from the position",
+                    self.feed.consumer, self.feed.stream, seq, self._next_seq,
+                )  # fmt: skip
+                return False
+            self._next_seq = seq + 1
+        return True
+
+    async def _gone(self, first: int, seq: int) -> bool:
+        """Whether no message of the feed is stored from `first` up to (excluding) `seq`: they
+        expired, were discarded for size, or were deleted."""
+        try:
+            found = await self.js.get_msg(self.feed.stream, seq=first, subject=self.feed.subjects, next=True)
+        except NotFoundError:
+            return True
+        return found.seq is None or found.seq >= seq
+
     async def _check_consumer(self) -> None:
         try:
             await self.js.consumer_info(self.feed.stream, self.feed.consumer)
@@ -201,22 +240,10 @@ class Projector:
             self._stale = True
 
     async def _project(self, msgs: Sequence[Msg], stopping: asyncio.Event) -> None:
-        """Apply one fetched batch until it is durable, then ack it (and terminate bad messages)."""
-        events: list[Sequenced] = []
-        malformed: set[int] = set()
-        last_seq = 0
-        for msg in msgs:
-            seq = msg.metadata.sequence.stream
-            last_seq = max(last_seq, seq)
-            try:
-                events.append(Sequenced(seq, self.feed.decode(msg.data)))
-            except MalformedEvent as exc:
-                log.error(
-                    "%s: terminating malformed message %s seq %d (subject %s): %s",
-                    self.feed.consumer, self.feed.stream, seq, msg.subject, exc,
-                )  # fmt: skip
-                malformed.add(seq)
-        first_seq = msgs[0].metadata.sequence.stream
+        """Apply one fetched batch until it is durable, then ack it (and terminate what was set
+        aside as poison)."""
+        batch = [(msg, self._read(msg)) for msg in sorted(msgs, key=lambda m: m.metadata.sequence.stream)]
+        first_seq, last_seq = batch[0][0].metadata.sequence.stream, batch[-1][0].metadata.sequence.stream
         failures = 0
         while True:
             try:
@@ -228,7 +255,7 @@ class Projector:
                         "cronbus.consumer": self.feed.consumer,
                     },
                 ):
-                    self.applied += await self.writer.apply(self.feed.consumer, events, last_seq)
+                    set_aside = await self._write(batch)
                 break
             except Exception as exc:
                 failures += 1
@@ -246,9 +273,9 @@ class Projector:
                 )  # fmt: skip
                 await _keep_in_flight(msgs)
                 await stopped_within(stopping, delay)
-        for msg in msgs:
+        for msg, _ in batch:
             try:
-                if msg.metadata.sequence.stream in malformed:
+                if msg.metadata.sequence.stream in set_aside:
                     await msg.term()
                 else:
                     await msg.ack()
@@ -258,6 +285,41 @@ class Projector:
                     "%s: ack of seq %d failed: %s", self.feed.consumer, msg.metadata.sequence.stream, exc
                 )
 
+    def _read(self, msg: Msg) -> Decoded:
+        seq = msg.metadata.sequence.stream
+        decoded = read_message(self.feed.decode, self.feed.stream, seq, msg.subject, msg.data)
+        if decoded.rejection is not None:
+            self._log_rejection(decoded.rejection)
+        return decoded
+
+    def _log_rejection(self, rejection: Rejection) -> None:
+        if rejection.sanitized:
+            log.warning(
+                "%s: %s seq %d (subject %s): %s", self.feed.consumer, rejection.stream, rejection.seq,
+                rejection.subject, rejection.reason,
+            )  # fmt: skip
+            return
+        log.error(
+            "%s: setting aside %s seq %d (subject %s), which can never be applied: %s",
+            self.feed.consumer, rejection.stream, rejection.seq, rejection.subject, rejection.reason,
+        )  # fmt: skip
+
+    async def _write(self, batch: Sequence[tuple[Msg, Decoded]]) -> set[int]:
+        """Write the batch in one transaction; if the data of some event makes that fail, write
+        it event by event so only the poison events are set aside. Transient errors raise.
+        The stream sequences set aside are returned."""
+        result = await write_batch(
+            self.writer,
+            self.feed.consumer,
+            self.feed.stream,
+            [(msg.metadata.sequence.stream, msg.subject, msg.data, decoded) for msg, decoded in batch],
+        )
+        self.applied += result.applied
+        for rejection in result.poisoned:
+            self._log_rejection(rejection)
+        self.rejected += len(result.set_aside)
+        return result.set_aside
+
     async def _unsubscribe(self) -> None:
         sub, self._sub = self._sub, None
         if sub is None:
@@ -266,6 +328,55 @@ class Projector:
             await sub.unsubscribe()
         except Exception as exc:
             log.debug("%s: unsubscribe failed: %s", self.feed.consumer, exc)
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """What `write_batch` did: events applied, stream sequences set aside, and the rejections
+    that only writing revealed (the database refused their values)."""
+
+    applied: int
+    set_aside: set[int]
+    poisoned: list[Rejection]
+
+
+async def write_batch(
+    writer: HistoryWriter, consumer: str, stream: str, batch: Sequence[tuple[int, str, bytes, Decoded]]
+) -> Written:
+    """Apply `batch` (stream sequence, subject, raw data, decoded; in stream order) of `stream`
+    for `consumer`, setting poison events aside. Raises on transient trouble, having written
+    nothing or a prefix of the batch (which a retry skips by the position)."""
+    events = [Sequenced(seq, d.event) for seq, _, _, d in batch if d.event is not None]
+    rejections = [d.rejection for *_, d in batch if d.rejection is not None]
+    set_aside = {r.seq for r in rejections if not r.sanitized}
+    try:
+        applied = await writer.apply(consumer, events, batch[-1][0], rejections)
+        return Written(applied, set_aside, [])
+    except Exception as exc:
+        if not is_poison(exc):
+            raise
+        log.warning(
+            "%s: seq %d-%d cannot be written together (%s); writing them one by one",
+            consumer, batch[0][0], batch[-1][0], describe(exc),
+        )  # fmt: skip
+    applied = 0
+    poisoned: list[Rejection] = []
+    for seq, subject, data, decoded in batch:
+        if decoded.event is None:
+            assert decoded.rejection is not None
+            await writer.reject(consumer, decoded.rejection)
+            continue
+        extra = [decoded.rejection] if decoded.rejection is not None else []
+        try:
+            applied += await writer.apply(consumer, [Sequenced(seq, decoded.event)], seq, extra)
+        except Exception as exc:
+            if not is_poison(exc):
+                raise
+            rejection = Rejection(stream, seq, subject, f"cannot be written: {describe(exc)}", data)
+            await writer.reject(consumer, rejection)
+            poisoned.append(rejection)
+            set_aside.add(seq)
+    return Written(applied, set_aside, poisoned)
 
 
 async def _keep_in_flight(msgs: Sequence[Msg]) -> None:

@@ -28,6 +28,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from cronbus.logs import precedence
+from cronbus.logs.poison import Rejection
 from cronbus.shared.events import (
     AnyEvent,
     JobCreated,
@@ -47,6 +48,7 @@ from cronbus.shared.history.schema import (
     log_chunks,
     output_sizes,
     projector_positions,
+    rejected_events,
     run_attempts,
     runs,
 )
@@ -122,11 +124,18 @@ class HistoryWriter:
         async with self.engine.connect() as conn:
             return await _position(conn, consumer)
 
-    async def apply(self, consumer: str, events: Sequence[Sequenced], last_seq: int) -> int:
+    async def apply(
+        self,
+        consumer: str,
+        events: Sequence[Sequenced],
+        last_seq: int,
+        rejected: Sequence[Rejection] = (),
+    ) -> int:
         """Apply the events after `consumer`'s position and move it to `last_seq`, atomically.
 
         `last_seq` covers messages that carried no event (malformed ones), so the position
-        still advances past them. Returns how many events were applied (not skipped).
+        still advances past them; `rejected` are recorded in `rejected_events` in the same
+        transaction. Returns how many events were applied (not skipped).
         """
         async with self.writing() as conn:
             done = await _position(conn, consumer)
@@ -140,8 +149,26 @@ class HistoryWriter:
                 for round_ in _rounds(rows[table.name]):
                     await conn.execute(upsert, round_)
             await self._store_output(conn, rows[log_chunks.name])
+            await self._record_rejections(conn, consumer, [r for r in rejected if r.seq > done])
             await self._save_position(conn, consumer, max(done, last_seq))
         return len(fresh)
+
+    async def reject(self, consumer: str, rejection: Rejection) -> None:
+        """Set one message aside: record it and move the position past it, atomically."""
+        async with self.writing() as conn:
+            if rejection.seq <= await _position(conn, consumer):
+                return
+            await self._record_rejections(conn, consumer, [rejection])
+            await self._save_position(conn, consumer, rejection.seq)
+
+    async def _record_rejections(
+        self, conn: AsyncConnection, consumer: str, rejected: Sequence[Rejection]
+    ) -> None:
+        if not rejected:
+            return
+        at = utcnow()
+        stmt = self.insert(rejected_events).on_conflict_do_nothing(index_elements=["stream", "stream_seq"])
+        await conn.execute(stmt, [r.row(consumer) | {"rejected_at": at} for r in rejected])
 
     async def _store_output(self, conn: AsyncConnection, chunks: list[_Row]) -> None:
         """Insert the chunks that are not there yet, and add their bytes to `output_sizes`."""

@@ -137,6 +137,24 @@ projector_positions = Table(
     Column("updated_at", UTCDateTime, nullable=False),
 )
 
+# Events a projector could not apply (or applied only after cleaning them), for operators:
+# one row per stream message, written in the transaction that moves the position past it.
+# `sanitized` is true when a cleaned copy was applied (NUL characters removed), false when
+# the event was set aside. `data` is the message as it was on the stream.
+rejected_events = Table(
+    "rejected_events",
+    metadata,
+    Column("stream", String(64), primary_key=True),
+    Column("stream_seq", BigInteger, primary_key=True),
+    Column("consumer", String(64), nullable=False),
+    Column("subject", String(255), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("data", LargeBinary, nullable=False),
+    Column("sanitized", Boolean, nullable=False, default=False),
+    Column("rejected_at", UTCDateTime, nullable=False),
+    Index(None, "rejected_at"),
+)
+
 api_keys = Table(
     "api_keys",
     metadata,
