@@ -32,7 +32,7 @@ from typing import Any
 import nats
 from nats.aio.client import Client as NATS
 
-from cronbus.shared.natsd import _die_with_parent, find_nats_server, free_port
+from cronbus.shared.natsd import die_with_parent, find_nats_server, free_port
 
 HOST = "127.0.0.1"
 CLUSTER_NAME = "cronbus-test"
@@ -128,7 +128,7 @@ class NatsCluster:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+                preexec_fn=die_with_parent if sys.platform == "linux" else None,
                 start_new_session=True,
             )
 
@@ -262,6 +262,19 @@ class NatsCluster:
             return leader is not None
 
         await self._until(elected, timeout, f"a leader for {stream}")
+        return found[-1]
+
+    async def wait_meta_leader(self, timeout: float = 30.0) -> int:
+        """Until the meta group has a leader; its node."""
+        found: list[int] = []
+
+        async def elected() -> bool:
+            leader = await self.meta_leader()
+            if leader is not None:
+                found.append(leader)
+            return leader is not None
+
+        await self._until(elected, timeout, "a JetStream meta leader")
         return found[-1]
 
     async def _until(self, condition: Any, timeout: float, what: str) -> None:
