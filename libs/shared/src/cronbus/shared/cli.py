@@ -9,6 +9,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 
 from cronbus.shared.runtime import Service, serve
 from cronbus.shared.settings import (
@@ -38,6 +39,16 @@ def create_service(name: str, settings: Settings) -> Service:
         raise
     service: Service = module.create_service(settings)
     return service
+
+
+def service_processes(name: str, settings: Settings) -> list[Service]:
+    """The service in this process or, for `runner --processes N` (N > 1), N child processes."""
+    if name == "runner" and settings.processes > 1:
+        from cronbus.shared.child import instances
+
+        create_service(name, settings)  # refuse bad settings here, not in every child
+        return list(instances(name, replace(settings, processes=1), settings.processes))
+    return [create_service(name, settings)]
 
 
 def parser() -> argparse.ArgumentParser:
@@ -72,13 +83,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return up_main(args)
         settings = build_settings(args)
-        service = create_service(args.command, settings)
+        services = service_processes(args.command, settings)
     except (SettingsError, ServiceNotInstalled) as exc:
         print(f"cronbus: {exc}", file=sys.stderr)
         return 2
 
     async def build() -> list[Service]:
-        return [service]
+        return services
 
     return serve(build, grace=settings.grace_period, log_level=settings.log_level)
 

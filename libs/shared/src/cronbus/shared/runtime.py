@@ -183,12 +183,22 @@ def serve(build: Callable[[], Awaitable[Sequence[Service]]], *, grace: float, lo
     setup_logging(log_level)
 
     async def _main() -> int:
+        from cronbus.shared.child import notify_ready
+
         services = await build()
+
+        async def tell_parent() -> None:
+            await asyncio.gather(*(s.ready.wait() for s in services))
+            notify_ready()
+
+        told = asyncio.create_task(tell_parent())
         try:
             await run_services(services, grace=grace)
         except ServiceFailed as exc:
             log.error("stopped after a failure: %s", exc)
             return 1
+        finally:
+            told.cancel()
         return 0
 
     with contextlib.suppress(KeyboardInterrupt):

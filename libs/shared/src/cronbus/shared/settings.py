@@ -51,6 +51,9 @@ class Settings:
     lease_margin: float = 0.5
     # Runner
     concurrency: int = 8
+    # Runner processes on this host (`cronbus runner --processes N`); each has `concurrency`
+    # slots and the instance id `<instance_id>-<k>`. `up` picks one per core unless told.
+    processes: int = 1
     ack_wait: float = 30.0
     heartbeat: float = 5.0
     # Bytes of output kept per run attempt; the rest is counted, then discarded.
@@ -142,7 +145,8 @@ _HELP = {
     "lease_ttl": "scheduler lease lifetime without renewal",
     "lease_renew": "how often the leader renews its lease",
     "lease_margin": "how long before its lease could expire a leader stops publishing",
-    "concurrency": "runs one runner executes at once",
+    "concurrency": "runs one runner process executes at once",
+    "processes": "runner processes to start on this host, each with its own slots (up: one per core)",
     "ack_wait": "how long a dispatch stays with a runner without a heartbeat",
     "heartbeat": "how often a runner signals progress and presence",
     "output_cap": "bytes of output kept per run attempt",
@@ -184,7 +188,8 @@ _HISTORY_DB = frozenset({"database_url", "data_dir"})
 # The settings each service reads beyond the common ones; `--help` lists only those.
 SERVICE_SETTINGS: dict[str, frozenset[str]] = {
     "scheduler": _COMMON | {"lease_renew", "lease_margin"},
-    "runner": _COMMON | {"pools", "concurrency", "ack_wait", "output_cap", "job_env_passthrough"},
+    "runner": _COMMON
+    | {"pools", "concurrency", "processes", "ack_wait", "output_cap", "job_env_passthrough"},
     "logs": _COMMON
     | _HISTORY_DB
     | {
@@ -196,6 +201,23 @@ SERVICE_SETTINGS: dict[str, frozenset[str]] = {
     },
     "api": _COMMON | _HISTORY_DB | {"api_host", "api_port", "admin_key"},
 }
+
+
+def settings_environment(settings: Settings, only: Collection[str] | None = None) -> dict[str, str]:
+    """`settings` as the CRONBUS_* variables that build the same settings again (for a child)."""
+    env = {}
+    for f in dataclasses.fields(Settings):
+        if only is not None and f.name not in only:
+            continue
+        value = getattr(settings, f.name)
+        if isinstance(value, tuple):
+            text = ",".join(value)
+        elif isinstance(value, float):
+            text = repr(value)
+        else:
+            text = str(value)
+        env[_env(f.name)] = text
+    return env
 
 
 def settings_for(service: str) -> frozenset[str]:

@@ -62,7 +62,6 @@ def check_port(host: str, port: int) -> None:
 
 
 async def run_up(settings: Settings, stopping: asyncio.Event | None = None) -> None:
-    from cronbus.shared.cli import SERVICES, create_service
     from cronbus.shared.history.store import create_engine, migrate
 
     data_dir = settings.data_dir.resolve()
@@ -78,7 +77,7 @@ async def run_up(settings: Settings, stopping: asyncio.Event | None = None) -> N
             await migrate(engine)
         finally:
             await engine.dispose()
-        services = [create_service(name, settings) for name in SERVICES]
+        services = local_services(settings)
         stopping = stopping or asyncio.Event()
         runner = asyncio.create_task(run_services(services, grace=settings.grace_period, stopping=stopping))
         api = services[-1]
@@ -100,6 +99,25 @@ async def run_up(settings: Settings, stopping: asyncio.Event | None = None) -> N
         await runner
 
 
+def local_services(settings: Settings) -> list[Service]:
+    """Every service of one machine, the API last.
+
+    The scheduler and the API share this process; the logs service and the runners each get
+    a process of their own, so projection and execution use the other cores.
+    """
+    from cronbus.shared.child import ChildService, instances
+    from cronbus.shared.cli import create_service
+
+    runners = instances("runner", replace(settings, processes=1), settings.processes)
+    logs = ChildService("logs", replace(settings, instance_id=f"{settings.instance_id}-logs"))
+    return [create_service("scheduler", settings), logs, *runners, create_service("api", settings)]
+
+
+def default_processes() -> int:
+    """Runner processes `up` starts when not told: one per core, at most four."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
 async def _all_ready(services: Sequence[Service]) -> None:
     await asyncio.gather(*(s.ready.wait() for s in services))
 
@@ -108,6 +126,8 @@ def up_main(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {}
     if args.api_port is None and "CRONBUS_API_PORT" not in os.environ:
         overrides["api_port"] = DEFAULT_API_PORT
+    if args.processes is None and "CRONBUS_PROCESSES" not in os.environ:
+        overrides["processes"] = default_processes()
     settings = build_settings(args, **overrides)
     setup_logging(settings.log_level)
     try:
