@@ -21,6 +21,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cronbus.api.auth import DOCS_PATH, KeyRing, authorize
+from cronbus.api.body import JsonRequest
 from cronbus.api.controllers import (
     HealthController,
     JobController,
@@ -79,6 +80,7 @@ def create_app(
             "history": Provide(lambda: history, sync_to_thread=False),
         },
         guards=[authorize],
+        request_class=JsonRequest,
         exception_handlers=EXCEPTION_HANDLERS,
         state=state,
         openapi_config=OpenAPIConfig(

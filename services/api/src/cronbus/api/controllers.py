@@ -15,6 +15,7 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 
 from cronbus.api.auth import caller
+from cronbus.api.body import strict_jobs, strict_patch
 from cronbus.api.domain import FieldError, InvalidInput, Role
 from cronbus.api.history import History
 from cronbus.api.jobs import Jobs
@@ -23,6 +24,7 @@ from cronbus.api.runs import Runs
 from cronbus.api.schemas import (
     CancelRequested,
     Health,
+    JobBatch,
     JobIn,
     JobOut,
     JobPage,
@@ -33,6 +35,7 @@ from cronbus.api.schemas import (
     RunPage,
     StatusOut,
 )
+from cronbus.api.validation import MAX_BATCH, JobsBody
 
 Limit = Annotated[int, QueryParameter(ge=1, le=200, description="items per page (1-200)")]
 PageCursor = Annotated[
@@ -42,6 +45,13 @@ IfMatch = Annotated[
     str | None,
     HeaderParameter(
         name="If-Match", description='the revision you read (e.g. `3` or `"3"`); 409 if it changed'
+    ),
+]
+CreateKey = Annotated[
+    str | None,
+    HeaderParameter(
+        name="Idempotency-Key",
+        description="repeat a create with the same key (up to 200 characters) to create its jobs once",
     ),
 ]
 RequestId = Annotated[
@@ -106,12 +116,31 @@ class JobController(Controller):
     path = "/v1/jobs"
     tags = ["jobs"]
 
-    @post("/", status_code=201, opt=ADMIN, responses=problems(400, 403, 422), summary="Create a job")
+    @post(
+        "/",
+        status_code=201,
+        opt=ADMIN,
+        responses=problems(400, 403, 422),
+        summary="Create a job, or up to 1000 jobs at once",
+        description=f"A job object answers the job. An array of 1 to {MAX_BATCH} job objects answers "
+        '`{"items": [job, ...]}` in the same order; every item is checked first, and one invalid '
+        "item rejects the whole array (`errors[].field` such as `[17].schedule`). With "
+        "`Idempotency-Key`, repeating the request creates each job once and answers the same jobs.",
+        before_request=strict_jobs,
+    )
     async def create(
-        self, request: Request[Any, Any, Any], data: JSONBody[JobIn], jobs: NamedDependency[Jobs]
-    ) -> Response[JobOut]:
-        job = await jobs.create(data, caller(request))
-        return Response(job, status_code=201, headers={"Location": f"/v1/jobs/{job.id}", **_etag(job)})
+        self,
+        request: Request[Any, Any, Any],
+        data: JSONBody[JobsBody],
+        jobs: NamedDependency[Jobs],
+        idempotency_key: CreateKey = None,
+    ) -> Response[JobOut | JobBatch]:
+        by = caller(request)
+        if isinstance(data, JobIn):
+            job = await jobs.create(data, by, request_key=idempotency_key)
+            return Response(job, status_code=201, headers={"Location": f"/v1/jobs/{job.id}", **_etag(job)})
+        made = await jobs.create_many(data, by, request_key=idempotency_key)
+        return Response(JobBatch(items=list(made)), status_code=201)
 
     @get("/", opt=VIEWER, responses=problems(403, 422), summary="List jobs (oldest first)")
     async def list_jobs(
@@ -137,6 +166,7 @@ class JobController(Controller):
         opt=ADMIN,
         responses=problems(400, 403, 404, 409, 422),
         summary="Change a job (only the fields given)",
+        before_request=strict_patch,
     )
     async def update(
         self,

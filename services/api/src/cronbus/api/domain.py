@@ -12,13 +12,14 @@ import json
 import re
 import uuid
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import IntEnum
 from functools import lru_cache
 from typing import Any
 
 import msgspec
 
+from cronbus.api import validation as limits
 from cronbus.api.schemas import (
     CatchupOut,
     FieldError,
@@ -50,6 +51,7 @@ from cronbus.shared.events import (
 )
 from cronbus.shared.names import NameError_, check_token
 from cronbus.shared.schedule import Schedule, ScheduleError
+from cronbus.shared.secrets import MASK, secret_names
 from cronbus.shared.sizes import SizeError, parse_size
 
 NEXT_FIRES = 5
@@ -150,7 +152,9 @@ class Principal:
 # --- job input -> spec -------------------------------------------------------------------------
 
 
-def _duration(errors: list[FieldError], field: str, value: str | float, *, positive: bool = False) -> float:
+def _duration(
+    errors: list[FieldError], field: str, value: str | float, *, maximum: float, positive: bool = False
+) -> float:
     try:
         # Milliseconds are the API's precision: "12650353ms" must read back as the 12650.353 it
         # was written from (float arithmetic alone gives 12650.353000000001), or PATCH would drift.
@@ -160,28 +164,21 @@ def _duration(errors: list[FieldError], field: str, value: str | float, *, posit
         return 0.0
     if positive and seconds <= 0:
         errors.append(FieldError(field=field, reason=f"{value!r} must be more than zero, e.g. '10m'"))
+    limits.check_duration(errors, field, seconds, maximum)
     return seconds
 
 
-def _aware(errors: list[FieldError], field: str, value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        errors.append(
-            FieldError(field=field, reason="give a UTC offset, e.g. '2030-01-31T09:00:00Z' or '...+01:00'")
-        )
-        return None
-    return value.astimezone(UTC)
+def check_spec(job: JobIn, prefix: str = "") -> tuple[JobSpec | None, list[FieldError]]:
+    """The event form of `job` (durations in seconds), or every problem with it.
 
-
-def spec_from_input(job: JobIn) -> JobSpec:
-    """The event form of `job` (durations in seconds), or InvalidInput naming every problem."""
+    `prefix` goes before each field name: `[17].` for the 18th job of a batch.
+    """
     errors: list[FieldError] = []
     name = job.name.strip()
     if not name:
         errors.append(FieldError(field="name", reason="empty; give the job a name, e.g. 'backup'"))
-    elif len(name) > 200:
-        errors.append(FieldError(field="name", reason=f"{len(name)} characters; at most 200"))
+    else:
+        limits.check_text(errors, "name", name, max_chars=limits.MAX_NAME)
     try:
         parse_schedule(job.schedule, job.timezone)
     except ScheduleError as exc:
@@ -190,23 +187,30 @@ def spec_from_input(job: JobIn) -> JobSpec:
         check_token("pool", job.pool)
     except NameError_ as exc:
         errors.append(FieldError(field="pool", reason=str(exc)))
-    timeout = None if job.timeout is None else _duration(errors, "timeout", job.timeout, positive=True)
-    window = _duration(errors, "catchup.window", job.catchup.window)
-    backoff = _duration(errors, "retries.backoff", job.retries.backoff)
-    max_backoff = _duration(errors, "retries.max_backoff", job.retries.max_backoff)
-    jitter = _duration(errors, "jitter", job.jitter)
-    if job.retries.max_attempts < 1:
-        errors.append(FieldError(field="retries.max_attempts", reason="must be at least 1 (1 = no retries)"))
-    if job.retries.multiplier < 1:
-        errors.append(FieldError(field="retries.multiplier", reason="must be at least 1 (1 = fixed backoff)"))
-    start_at = _aware(errors, "start_at", job.start_at)
-    end_at = _aware(errors, "end_at", job.end_at)
+    timeout = (
+        None
+        if job.timeout is None
+        else _duration(errors, "timeout", job.timeout, maximum=limits.MAX_TIMEOUT, positive=True)
+    )
+    window = _duration(errors, "catchup.window", job.catchup.window, maximum=limits.MAX_CATCHUP_WINDOW)
+    backoff = _duration(errors, "retries.backoff", job.retries.backoff, maximum=limits.MAX_BACKOFF)
+    max_backoff = _duration(
+        errors, "retries.max_backoff", job.retries.max_backoff, maximum=limits.MAX_MAX_BACKOFF
+    )
+    jitter = _duration(errors, "jitter", job.jitter, maximum=limits.MAX_JITTER)
+    limits.check_retries(errors, "", job.retries.max_attempts, job.retries.multiplier)
+    start_at = limits.check_instant(errors, "start_at", job.start_at)
+    end_at = limits.check_instant(errors, "end_at", job.end_at)
     if start_at and end_at and end_at <= start_at:
         errors.append(FieldError(field="end_at", reason="must be after start_at"))
+    limits.check_text(
+        errors, "description", job.description, max_bytes=limits.MAX_DESCRIPTION_BYTES, multiline=True
+    )
+    limits.check_labels(errors, "", job.labels)
     executor = _executor(errors, job.executor)
     retention = _retention(errors, job.retention)
     if errors:
-        raise InvalidInput(errors)
+        return None, [FieldError(field=prefix + e.field, reason=e.reason) for e in errors]
     assert executor is not None
     return JobSpec(
         name=name,
@@ -229,7 +233,15 @@ def spec_from_input(job: JobIn) -> JobSpec:
         description=job.description,
         labels=job.labels,
         retention=retention,
-    )
+    ), []
+
+
+def spec_from_input(job: JobIn) -> JobSpec:
+    """The event form of `job` (durations in seconds), or InvalidInput naming every problem."""
+    spec, errors = check_spec(job)
+    if spec is None:
+        raise InvalidInput(errors)
+    return spec
 
 
 # The history store keeps counts and sizes in signed 64-bit columns and parameters.
@@ -268,8 +280,14 @@ def _executor(
                 FieldError(field="executor.command", reason="empty; give a command to run, e.g. 'echo hi'")
             )
             return None
-        return ShellExecutor(command=command, env=executor.env, cwd=executor.cwd)
-    ok = True
+        before = len(errors)
+        limits.check_shell(errors, "", executor)
+        if len(errors) > before:
+            return None
+        return ShellExecutor(command=command, env=executor.env, cwd=executor.cwd, secrets=executor.secrets)
+    before = len(errors)
+    limits.check_http(errors, "", executor)
+    ok = len(errors) == before
     if not executor.url.startswith(("http://", "https://")):
         errors.append(
             FieldError(field="executor.url", reason=f"{executor.url!r} must start with http:// or https://")
@@ -298,6 +316,7 @@ def _executor(
         expect_status=executor.expect_status,
         follow_redirects=executor.follow_redirects,
         max_body_bytes=executor.max_body_bytes,
+        secrets=executor.secrets,
     )
 
 
@@ -328,17 +347,37 @@ def input_from_spec(spec: JobSpec) -> dict[str, Any]:
 
 
 def patched_spec(spec: JobSpec, patch: JobPatch) -> JobSpec:
-    """`spec` with the fields `patch` gives replaced, validated like a new job."""
+    """`spec` with the fields `patch` gives replaced, validated like a new job.
+
+    A secret sent back as "***" (as a client read it) keeps the value stored for it.
+    """
     merged = input_from_spec(spec)
     changes = msgspec.to_builtins(patch)  # UNSET fields are left out
     changes.pop("revision", None)
+    if isinstance(changes.get("executor"), dict):
+        changes["executor"] = _unmasked(spec, changes["executor"])
     merged.update(changes)
     merged = msgspec.to_builtins(merged)
     try:
         job = msgspec.convert(merged, JobIn)
     except msgspec.ValidationError as exc:
-        raise InvalidInput([FieldError(field="body", reason=str(exc))]) from None
+        raise InvalidInput([limits.field_error(str(exc))]) from None
     return spec_from_input(job)
+
+
+def _unmasked(spec: JobSpec, executor: dict[str, Any]) -> dict[str, Any]:
+    """`executor` (input form) with each "***" that stands for a stored secret put back."""
+    stored = spec.executor
+    key = "env" if isinstance(stored, ShellExecutor) else "headers"
+    given = executor.get(key)
+    if executor.get("type") != stored.__struct_config__.tag or not isinstance(given, dict):
+        return executor
+    values = stored.env if isinstance(stored, ShellExecutor) else stored.headers
+    # Header names are case-insensitive; env names are not.
+    fold = (lambda k: k) if isinstance(stored, ShellExecutor) else str.lower
+    secret = {fold(name): values[name] for name in secret_names(stored)}
+    restored = {k: secret.get(fold(k), v) if v == MASK else v for k, v in given.items()}
+    return {**executor, key: restored}
 
 
 # --- job state ---------------------------------------------------------------------------------
@@ -386,35 +425,46 @@ def evolve(state: JobState | None, event: JobEvents) -> JobState | None:
 
 
 def next_fires(spec: JobSpec, now: datetime, n: int = NEXT_FIRES) -> list[datetime]:
-    """The next `n` slots after `now` inside the job's start/end bounds."""
+    """The next `n` slots after `now` inside the job's start/end bounds; none for a schedule
+    that no longer parses or cannot be computed (stored before input was bounded)."""
     try:
         schedule = parse_schedule(spec.schedule, spec.timezone)
-    except ScheduleError:
+        after = max(now, spec.start_at) if spec.start_at else now
+        fires = schedule.next_fires(after, n)
+    except (ScheduleError, OverflowError, ValueError):
         return []
-    after = max(now, spec.start_at) if spec.start_at else now
-    fires = schedule.next_fires(after, n)
     if spec.end_at is not None:
         fires = [f for f in fires if f <= spec.end_at]
     return fires
 
 
+def _masked(values: dict[str, str], secret: frozenset[str]) -> dict[str, str]:
+    return {k: MASK if k in secret else v for k, v in values.items()} if secret else values
+
+
 def job_view(state: JobState, now: datetime) -> JobOut:
+    """The job as answered to every role: secret values read "***" (they are write-only)."""
     spec = state.spec
     executor: ShellExecutorOut | HttpExecutorOut
+    secret = secret_names(spec.executor)
     if isinstance(spec.executor, ShellExecutor):
         executor = ShellExecutorOut(
-            command=spec.executor.command, env=spec.executor.env, cwd=spec.executor.cwd
+            command=spec.executor.command,
+            env=_masked(spec.executor.env, secret),
+            cwd=spec.executor.cwd,
+            secrets=spec.executor.secrets,
         )
     else:
         e = spec.executor
         executor = HttpExecutorOut(
             url=e.url,
             method=e.method,
-            headers=e.headers,
+            headers=_masked(e.headers, secret),
             body=e.body,
             expect_status=e.expect_status,
             follow_redirects=e.follow_redirects,
             max_body_bytes=e.max_body_bytes,
+            secrets=e.secrets,
         )
     return JobOut(
         id=state.id,

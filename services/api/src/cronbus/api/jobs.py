@@ -4,21 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
+import msgspec
+
+from cronbus.api import validation as limits
 from cronbus.api.domain import (
     Cursor,
+    FieldError,
+    InvalidInput,
     JobNotFound,
     JobState,
     Principal,
     ProjectionBehind,
     RevisionConflict,
     check_id,
+    check_spec,
     evolve,
     job_view,
     patched_spec,
-    spec_from_input,
 )
 from cronbus.api.history import History
 from cronbus.api.journal import JobHead, Journal
@@ -32,6 +37,7 @@ from cronbus.shared.events import (
     JobUpdated,
     RunDispatched,
     dispatch_msg_id,
+    encode,
     run_id_for,
 )
 
@@ -39,6 +45,13 @@ Clock = Callable[[], datetime]
 
 # How often a read that names a revision looks again; the projector lands a write in ~50 ms.
 _REVISION_POLL = 0.02
+# Appends of one batch in flight at once: enough to hide the round trips, bounded so a batch
+# cannot flood the connection.
+_APPENDS_IN_FLIGHT = 256
+# Room left in a NATS message for headers (trace context, expected sequence).
+_HEADER_ROOM = 4096
+# Job ids made from an Idempotency-Key.
+_JOB_NAMESPACE = uuid.UUID("0b6f2d0e-8c9a-5b1e-a4c3-7e2f9d1c5a60")
 
 
 def _utcnow() -> datetime:
@@ -111,15 +124,97 @@ class Jobs:
 
     # --- writes (events on JOBS) ---------------------------------------------------------------
 
-    async def create(self, job: JobIn, by: Principal) -> JobOut:
-        spec = spec_from_input(job)
-        event = JobCreated(
-            job_id=str(uuid.uuid4()), revision=1, actor=by.name, spec=spec, occurred_at=self.clock()
-        )
-        await self.journal.append(event, expected_last_seq=0, current=None)
+    async def create(self, job: JobIn, by: Principal, *, request_key: str | None = None) -> JobOut:
+        return (await self._create([job], by, request_key=request_key, batch=False))[0]
+
+    async def create_many(
+        self, jobs: Sequence[JobIn], by: Principal, *, request_key: str | None = None
+    ) -> Sequence[JobOut]:
+        """Create every job or none: all are checked before the first is appended; the appends
+        are pipelined. The answer is in input order."""
+        return await self._create(jobs, by, request_key=request_key, batch=True)
+
+    async def _create(
+        self, jobs: Sequence[JobIn], by: Principal, *, request_key: str | None, batch: bool
+    ) -> Sequence[JobOut]:
+        errors = limits.check_idempotency_key(request_key) if request_key is not None else []
+        checked = [check_spec(job, f"[{i}]." if batch else "") for i, job in enumerate(jobs)]
+        specs = [spec for spec, found in checked if not found and spec is not None]
+        errors += [error for _, found in checked for error in found]
+        if errors:
+            raise InvalidInput(errors)
+        now = self.clock()
+        events = [
+            JobCreated(
+                job_id=self._new_job_id(by, request_key, i if batch else None),
+                revision=1,
+                actor=by.name,
+                spec=spec,
+                occurred_at=now,
+            )
+            for i, spec in enumerate(specs)
+        ]
+        limit = self._event_limit()
+        for i, event in enumerate(events):
+            limits.check_event_size(errors, f"[{i}]" if batch else "body", len(encode(event)), limit)
+        if errors:
+            raise InvalidInput(errors)
+        in_flight = asyncio.Semaphore(_APPENDS_IN_FLIGHT)
+
+        async def append(event: JobCreated) -> JobState:
+            async with in_flight:
+                return await self._append_created(event, replayed=request_key is not None)
+
+        # Every append finishes (or fails) before the answer: none is left running behind it.
+        results = await asyncio.gather(*(append(e) for e in events), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        now = self.clock()
+        return [job_view(state, now) for state in results if isinstance(state, JobState)]
+
+    @staticmethod
+    def _new_job_id(by: Principal, request_key: str | None, index: int | None) -> str:
+        if request_key is None:
+            return str(uuid.uuid4())
+        # The same key (from the same caller) names the same jobs: a retried request finds them.
+        suffix = "" if index is None else f":{index}"
+        return str(uuid.uuid5(_JOB_NAMESPACE, f"{by.name}:{request_key}{suffix}"))
+
+    async def _append_created(self, event: JobCreated, *, replayed: bool) -> JobState:
+        try:
+            await self.journal.append(event, expected_last_seq=0, current=None)
+        except RevisionConflict:
+            if not replayed:
+                raise
+            return await self._created_before(event)
         state = evolve(None, event)
         assert state is not None
-        return job_view(state, self.clock())
+        return state
+
+    async def _created_before(self, event: JobCreated) -> JobState:
+        """The job an earlier request with the same Idempotency-Key created as `event` would."""
+        state = (await self.journal.head(event.job_id)).state
+        if state is None:
+            raise RevisionConflict(event.job_id, None, None)
+        # The anchor is the creation time: a retry made later differs there and nowhere else.
+        same = msgspec.structs.replace(event.spec, anchor=state.spec.anchor)
+        if state.revision == 1 and state.spec != same:
+            raise InvalidInput(
+                [
+                    FieldError(
+                        field="Idempotency-Key",
+                        reason="already used for a different job; send a new key for a new job",
+                    )
+                ]
+            )
+        return state
+
+    def _event_limit(self) -> int:
+        """The most an event may take: it, and each dispatch carrying its spec, must fit in one
+        NATS message."""
+        server = self.journal.bus.nc.max_payload or limits.MAX_EVENT_BYTES
+        return min(limits.MAX_EVENT_BYTES, server - _HEADER_ROOM)
 
     async def update(self, job_id: str, patch: JobPatch, by: Principal, *, if_match: int | None) -> JobOut:
         head = await self._live_head(job_id)
@@ -135,6 +230,10 @@ class Jobs:
             spec=spec,
             occurred_at=self.clock(),
         )
+        errors: list[FieldError] = []
+        limits.check_event_size(errors, "body", len(encode(event)), self._event_limit())
+        if errors:
+            raise InvalidInput(errors)
         return await self._append(head, event)
 
     async def delete(self, job_id: str, by: Principal, *, if_match: int | None) -> None:
@@ -174,6 +273,8 @@ class Jobs:
 
     async def run_now(self, job_id: str, by: Principal, *, request_id: str | None) -> RunAccepted:
         """Dispatch one manual run now. The same `request_id` twice dispatches once."""
+        if request_id is not None and (errors := limits.check_idempotency_key(request_id)):
+            raise InvalidInput(errors)
         head = await self._live_head(job_id)
         state = head.state
         assert state is not None

@@ -2,7 +2,8 @@
 
 Input structs forbid unknown fields so a typo is an error instead of a silently ignored
 setting; output structs never do, so clients can read newer answers. Durations are strings
-like "10m" on the wire (numbers of seconds are accepted on input too).
+like "10m" on the wire (numbers of seconds are accepted on input too). What else bounds input
+is checked in validation.py, before anything is appended.
 """
 
 from __future__ import annotations
@@ -34,15 +35,23 @@ Size = Annotated[
 class ShellExecutorIn(
     msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag="shell", tag_field="type"
 ):
-    """Runs `command` with /bin/sh -c (a string) or directly (a list of arguments)."""
+    """Runs `command` with /bin/sh -c (a string) or directly (a list of arguments).
+
+    `secrets` names `env` keys whose values are write-only: answers show them as "***".
+    """
 
     command: str | list[str]
     env: dict[str, str] = {}
     cwd: str | None = None
+    secrets: list[str] = []
 
 
 class HttpExecutorIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag="http", tag_field="type"):
-    """Calls `url`; the run succeeds when the status is in `expect_status` (any 2xx when empty)."""
+    """Calls `url`; the run succeeds when the status is in `expect_status` (any 2xx when empty).
+
+    `secrets` names `headers` whose values are write-only (answers show "***"), besides those
+    secret by name: Authorization, Proxy-Authorization, Cookie, Set-Cookie, *-Token, *-Key.
+    """
 
     url: str
     method: str = "GET"
@@ -51,6 +60,7 @@ class HttpExecutorIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, t
     expect_status: list[int] = []
     follow_redirects: bool = True
     max_body_bytes: int = 1_048_576
+    secrets: list[str] = []
 
 
 ExecutorIn = ShellExecutorIn | HttpExecutorIn
@@ -127,12 +137,17 @@ class JobPatch(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class ShellExecutorOut(msgspec.Struct, kw_only=True, tag="shell", tag_field="type"):
+    """`env` values named in `secrets` read "***"."""
+
     command: str | list[str]
     env: dict[str, str]
     cwd: str | None
+    secrets: list[str] = []
 
 
 class HttpExecutorOut(msgspec.Struct, kw_only=True, tag="http", tag_field="type"):
+    """Secret `headers` (named in `secrets`, or secret by name) read "***"."""
+
     url: str
     method: str
     headers: dict[str, str]
@@ -140,6 +155,7 @@ class HttpExecutorOut(msgspec.Struct, kw_only=True, tag="http", tag_field="type"
     expect_status: list[int]
     follow_redirects: bool
     max_body_bytes: int
+    secrets: list[str] = []
 
 
 class CatchupOut(msgspec.Struct, kw_only=True):
@@ -190,6 +206,12 @@ class JobOut(msgspec.Struct, kw_only=True):
 class JobPage(msgspec.Struct, kw_only=True):
     items: list[JobOut]
     next: str | None = msgspec.field(default=None)
+
+
+class JobBatch(msgspec.Struct, kw_only=True):
+    """The jobs a batch create made, in the order they were given."""
+
+    items: list[JobOut]
 
 
 class AttemptOut(msgspec.Struct, kw_only=True):
