@@ -14,6 +14,7 @@ from cronbus.shared.history.schema import log_chunks, run_attempts, runs
 from cronbus.shared.status import RunnerPresence, SchedulerStatus, encode_status
 from tests.api.conftest import Api
 from tests.api.test_jobs import create
+from tests.runner.support import final_outcome, run_events, running
 from tests.support import wait_for
 
 T0 = datetime(2026, 3, 1, 3, 0, tzinfo=UTC)
@@ -214,3 +215,57 @@ async def test_live_log_replays_then_follows_until_the_run_finishes(lite_api: Ap
     assert [line for line in lines if line] == ["before", "live", "last"]
     assert events[-1] == "end"
     assert events.count("stdout") == 3
+
+
+LONG: dict[str, Any] = {
+    "name": "long",
+    "schedule": "0 3 * * *",
+    "executor": {"type": "shell", "command": "sleep 60"},
+}
+
+
+async def test_cancel_right_after_run_now_stops_a_run_the_history_has_not_seen(lite_api: Api) -> None:
+    """No logs service runs here, so the history never has the run: cancel must ask the bus."""
+    api = lite_api
+    job = await create(api, LONG)
+    accepted = await api.client.post(f"/v1/jobs/{job['id']}/runs", headers=api.auth())
+    assert accepted.status_code == 202, accepted.text
+    run_id = accepted.json()["id"]
+
+    cancelled = await api.client.post(f"/v1/runs/{run_id}/cancel", headers=api.auth())
+    assert cancelled.status_code == 202, cancelled.text
+    # No runner was up: the run waits in DISPATCH, and the runner that receives it later
+    # finds it cancelled and does not run it.
+    async with running(api.settings):
+        outcome = await final_outcome(api.bus.js, api.settings, run_id, timeout=20)
+        assert outcome.status == "cancelled", outcome
+        assert not [
+            e for e in await run_events(api.bus.js, api.settings, run_id) if isinstance(e, RunStarted)
+        ]
+    unknown = await api.client.post(f"/v1/runs/{uuid.uuid4()}/cancel", headers=api.auth())
+    assert unknown.status_code == 404, unknown.text
+
+
+async def test_cancel_stops_a_run_a_runner_holds(lite_api: Api) -> None:
+    api = lite_api
+    job = await create(api, LONG)
+    async with running(api.settings):
+        accepted = await api.client.post(f"/v1/jobs/{job['id']}/runs", headers=api.auth())
+        run_id = accepted.json()["id"]
+        cancelled = await api.client.post(f"/v1/runs/{run_id}/cancel", headers=api.auth())
+        assert cancelled.status_code == 202, cancelled.text
+        outcome = await final_outcome(api.bus.js, api.settings, run_id, timeout=20)
+        assert outcome.status == "cancelled", outcome
+
+        # And once it is running for sure.
+        second = await api.client.post(f"/v1/jobs/{job['id']}/runs", headers=api.auth())
+        run_id = second.json()["id"]
+
+        async def started() -> bool:
+            return any(isinstance(e, RunStarted) for e in await run_events(api.bus.js, api.settings, run_id))
+
+        await wait_for(started, timeout=15, what="the second run to start")
+        cancelled = await api.client.post(f"/v1/runs/{run_id}/cancel", headers=api.auth())
+        assert cancelled.status_code == 202, cancelled.text
+        outcome = await final_outcome(api.bus.js, api.settings, run_id, timeout=20)
+        assert outcome.status == "cancelled", outcome

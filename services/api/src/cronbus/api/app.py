@@ -20,7 +20,7 @@ from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from cronbus.api.auth import DOCS_PATH, KeyRing, authorize
+from cronbus.api.auth import DOCS_PATH, AuthenticateFirst, KeyRing, authorize
 from cronbus.api.body import JsonRequest
 from cronbus.api.controllers import (
     HealthController,
@@ -32,7 +32,7 @@ from cronbus.api.controllers import (
 from cronbus.api.history import History
 from cronbus.api.jobs import Jobs
 from cronbus.api.journal import Journal
-from cronbus.api.problems import EXCEPTION_HANDLERS
+from cronbus.api.problems import EXCEPTION_HANDLERS, answer_exception
 from cronbus.api.runs import Runs
 from cronbus.shared.bus import Bus
 from cronbus.shared.history.store import create_engine, migrate
@@ -65,14 +65,9 @@ def create_app(
     journal = Journal(bus)
     jobs = Jobs(journal, history, clock=clock, revision_wait=revision_wait)
     runs = Runs(journal, history)
-    state = State(
-        {
-            "bus": bus,
-            "key_ring": KeyRing(settings.admin_key, history, clock),
-            "stopping": stopping or asyncio.Event(),
-        }
-    )
-    return Litestar(
+    key_ring = KeyRing(settings.admin_key, history, clock)
+    state = State({"bus": bus, "key_ring": key_ring, "stopping": stopping or asyncio.Event()})
+    app = Litestar(
         route_handlers=[JobController, RunController, StatusController, HealthController, openapi_json],
         dependencies={
             "jobs": Provide(lambda: jobs, sync_to_thread=False),
@@ -103,6 +98,9 @@ def create_app(
         # Logging belongs to the cronbus runtime; Litestar's default would reconfigure the root logger.
         logging_config=None,
     )
+    # Authenticate before routing: without a valid key, every path answers 401 (not 404/405).
+    app.asgi_handler = AuthenticateFirst(app.asgi_handler, key_ring, answer_exception)
+    return app
 
 
 async def _migrated(engine: AsyncEngine) -> bool:

@@ -1,25 +1,36 @@
 """API keys and roles: who may call what.
 
 A key is either the bootstrap admin key from the settings (compared in constant time) or a
-row in `api_keys` holding the key's sha256 hex digest. Each route declares the role it needs
-in its `opt` (`role`); health routes are `public`.
+row in `api_keys` holding the key's sha256 hex digest. `AuthenticateFirst` checks the key of
+every request before routing, so a caller without a valid key learns nothing about which
+paths or methods exist (401 everywhere); then each route's guard checks the role it declares
+in its `opt` (`role`). The health endpoints, the OpenAPI document and the docs are public.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 
 from litestar.connection import ASGIConnection
+from litestar.datastructures import Headers
 from litestar.handlers.base import BaseRouteHandler
+from litestar.types import ASGIApp, Receive, Scope, Send
 
 from cronbus.api.domain import Principal, Role
 from cronbus.api.history import History
 
 # The docs UI and its copy of the schema: public like /v1/openapi.json (they hold no data).
 DOCS_PATH = "/v1/docs"
+OPENAPI_PATH = "/v1/openapi.json"
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", OPENAPI_PATH, DOCS_PATH})
+
+
+def is_public(path: str) -> bool:
+    """Paths anyone may call: health, and the API's description (they hold no data)."""
+    return path in PUBLIC_PATHS or path.startswith(DOCS_PATH + "/")
 
 
 class Unauthenticated(Exception):
@@ -59,13 +70,40 @@ class KeyRing:
         raise Unauthenticated("this API key is unknown or revoked; check the key, or ask an admin for one")
 
 
+# Answers an exception raised before routing as the app's exception handlers would.
+ErrorAnswer = Callable[[Scope, Receive, Send, Exception], Awaitable[None]]
+
+
+class AuthenticateFirst:
+    """ASGI wrapper around the app's router: authenticates every non-public request before
+    routing, so an unknown path or method without a valid key answers 401, not 404 or 405."""
+
+    def __init__(self, app: ASGIApp, keys: KeyRing, answer: ErrorAnswer) -> None:
+        self.app = app
+        self.keys = keys
+        self.answer = answer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not is_public(scope["path"]):
+            try:
+                principal = await self.keys.principal(Headers.from_scope(scope).get("authorization"))
+            except Exception as exc:
+                await self.answer(scope, receive, send, exc)
+                return
+            state = scope.setdefault("state", {})
+            state["principal"] = principal
+        await self.app(scope, receive, send)
+
+
 async def authorize(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
-    """Guard for every route: authenticate, check the route's role, remember the caller."""
-    path = connection.scope["path"]
-    if handler.opt.get("public") or path == DOCS_PATH or path.startswith(DOCS_PATH + "/"):
+    """Guard for every route: check the route's role against the caller `AuthenticateFirst`
+    found (authenticating here when the app runs without it), and remember the caller."""
+    if handler.opt.get("public") or is_public(connection.scope["path"]):
         return
-    keys: KeyRing = connection.app.state.key_ring
-    principal = await keys.principal(connection.headers.get("authorization"))
+    principal = connection.state.get("principal")
+    if not isinstance(principal, Principal):
+        keys: KeyRing = connection.app.state.key_ring
+        principal = await keys.principal(connection.headers.get("authorization"))
     needed: Role = handler.opt.get("role", Role.admin)
     if principal.role < needed:
         raise Forbidden(

@@ -19,7 +19,7 @@ from cronbus.api.body import strict_jobs, strict_patch
 from cronbus.api.domain import FieldError, InvalidInput, Role
 from cronbus.api.history import History
 from cronbus.api.jobs import Jobs
-from cronbus.api.problems import PROBLEM_JSON
+from cronbus.api.problems import PROBLEM_JSON, RETRY_AFTER
 from cronbus.api.runs import Runs
 from cronbus.api.schemas import (
     CancelRequested,
@@ -356,8 +356,12 @@ class HealthController(Controller):
         except Exception as exc:
             checks["database"] = f"error: {type(exc).__name__}"
         ok = all(v == "ok" for v in checks.values())
+        if ok:
+            return Response(Health(status="ok", checks=checks))
         return Response(
-            Health(status="ok" if ok else "unavailable", checks=checks), status_code=200 if ok else 503
+            Health(status="unavailable", checks=checks),
+            status_code=503,
+            headers={"Retry-After": str(RETRY_AFTER)},
         )
 
 

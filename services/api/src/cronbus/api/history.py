@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from cronbus.api.domain import Cursor, JobState
 from cronbus.api.schemas import AttemptOut, RunOut
 from cronbus.shared.events import JobSpec
-from cronbus.shared.history.schema import api_keys, jobs, log_chunks, run_attempts, runs
+from cronbus.shared.history.schema import api_keys, jobs, log_chunks, projector_positions, run_attempts, runs
 
 
 def _job_state(row: Any) -> JobState:
@@ -138,6 +138,13 @@ class History:
         async with self.engine.connect() as conn:
             rows = (await conn.execute(query)).all()
         return b"".join(bytes(r.data) for r in rows)
+
+    async def projected_seq(self, consumer: str) -> int:
+        """The last stream sequence the logs service's `consumer` applied (0 before any)."""
+        query = select(projector_positions.c.stream_seq).where(projector_positions.c.consumer == consumer)
+        async with self.engine.connect() as conn:
+            value = (await conn.execute(query)).scalar()
+        return 0 if value is None else int(value)
 
     async def role_of_key(self, key_hash: str, now: datetime) -> tuple[str, str] | None:
         """(name, role) of an unrevoked key with this sha256 hex digest."""

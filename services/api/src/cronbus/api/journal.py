@@ -1,5 +1,5 @@
-"""The API's side of NATS: appending job events, dispatching manual runs, cancelling runs,
-reading the status buckets, and tailing a run's output.
+"""The API's side of NATS: appending job events, dispatching manual runs, finding and
+cancelling runs, reading the status buckets, and tailing a run's output.
 
 The JOBS stream is the source of truth for writes: a write folds the job's events from the
 stream (not from the SQL projection, which may lag) and appends with
@@ -8,6 +8,7 @@ stream (not from the SQL projection, which may lag) and appends with
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -25,10 +26,13 @@ from cronbus.shared.events import (
     LogChunk,
     MalformedEvent,
     RunDispatched,
+    RunEvents,
     RunFinished,
+    RunIdentity,
     decode_job_event,
     decode_log_chunk,
     decode_run_event,
+    decode_run_identity,
     encode,
 )
 from cronbus.shared.status import (
@@ -44,6 +48,9 @@ _tracer = tracer(__name__)
 
 # JetStream's error code for a failed Nats-Expected-Last-Subject-Sequence check.
 _WRONG_LAST_SEQUENCE = 10071
+# How far back in DISPATCH a run the history has not projected yet is looked for, at most.
+_DISPATCH_LOOKBACK = 20_000
+_DISPATCH_SCAN_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +59,21 @@ class JobHead:
 
     state: JobState | None
     last_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class RunHead:
+    """A run as the bus says: its ids, and its last event on RUNS (None before it started)
+    with that event's stream sequence (0 when there is none)."""
+
+    identity: RunIdentity
+    last: RunEvents | None
+    last_seq: int
+
+    @property
+    def waiting(self) -> bool:
+        """No runner holds it: not started yet, or between attempts."""
+        return self.last is None or (isinstance(self.last, RunFinished) and not self.last.final)
 
 
 class Journal:
@@ -103,11 +125,92 @@ class Journal:
                 headers=inject_headers({MSG_ID: msg_id}),
             )
 
-    async def cancel(self, run_id: str, actor: str) -> None:
-        """Ask whichever runner holds `run_id` to kill it (core NATS: nobody listening is fine)."""
-        body = msgspec.json.encode({"run_id": run_id, "actor": actor})
-        with _tracer.start_as_current_span("cancel run", attributes={"cronbus.run_id": run_id}):
-            await self.bus.nc.publish(self.names.cancel_subject(run_id), body, headers=inject_headers())
+    async def run_head(self, run_id: str, job_id: str = "*") -> RunHead | None:
+        """The run's last event on RUNS (any job when `job_id` is not known), or None."""
+        try:
+            msg = await self.bus.js.get_last_msg(
+                self.names.runs_stream, self.names.run_subject(job_id, run_id)
+            )
+        except NotFoundError:
+            return None
+        assert msg.seq is not None
+        try:
+            identity = decode_run_identity(msg.data or b"")
+        except MalformedEvent as exc:
+            log.warning("unreadable last event of run %s (seq %d): %s", run_id, msg.seq, exc)
+            return None
+        try:
+            last: RunEvents | None = decode_run_event(msg.data or b"")
+        except MalformedEvent:
+            last = None
+        return RunHead(identity=identity, last=last, last_seq=msg.seq)
+
+    async def find_dispatch(self, run_id: str, *, after_seq: int) -> RunIdentity | None:
+        """The run's dispatch among the DISPATCH messages after `after_seq` (what the history
+        has not projected yet; the newest `_DISPATCH_LOOKBACK` of them at most)."""
+        js = self.bus.js
+        info = await js.stream_info(self.names.dispatch_stream)
+        last_seq = info.state.last_seq
+        start = max(after_seq + 1, last_seq - _DISPATCH_LOOKBACK + 1, info.state.first_seq)
+        if start > last_seq:
+            return None
+        sub = await js.subscribe(
+            self.names.dispatch_all,
+            ordered_consumer=True,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start),
+        )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _DISPATCH_SCAN_TIMEOUT
+        try:
+            for _ in range(last_seq - start + 1):
+                msg = await sub.next_msg(timeout=max(0.01, deadline - loop.time()))
+                try:
+                    identity = decode_run_identity(msg.data)
+                except MalformedEvent:
+                    identity = None
+                if identity is not None and identity.run_id == run_id:
+                    return identity
+                if msg.metadata.sequence.stream >= last_seq or msg.metadata.num_pending == 0:
+                    return None
+        finally:
+            await sub.unsubscribe()
+        return None
+
+    async def cancel(self, head: RunHead, actor: str) -> None:
+        """Cancel the run wherever it is.
+
+        A run no runner holds yet (still in DISPATCH, or waiting for its next attempt) gets a
+        final `cancelled` outcome on RUNS, appended only if its last event is still the one
+        read, so the runner that later receives it acks it without running it. A run a runner
+        holds is asked to stop over core NATS; that request is sent in every case, which also
+        reaches a runner that started the run just after the outcome was appended.
+        """
+        ident = head.identity
+        subject = self.names.run_subject(ident.job_id, ident.run_id)
+        attributes = {"cronbus.run_id": ident.run_id, "cronbus.job_id": ident.job_id}
+        with _tracer.start_as_current_span("cancel run", attributes=attributes):
+            if head.waiting:
+                attempt = 1 if head.last is None else head.last.attempt + 1
+                event = RunFinished(
+                    run_id=ident.run_id,
+                    job_id=ident.job_id,
+                    slot=ident.slot,
+                    attempt=attempt,
+                    status="cancelled",
+                    error=f"cancelled by {actor} before it started",
+                )
+                headers = {
+                    EXPECTED_LAST_SUBJECT_SEQ: str(head.last_seq),
+                    MSG_ID: f"{ident.run_id}:{attempt}:cancelled",
+                }
+                try:
+                    await self.bus.js.publish(subject, encode(event), headers=inject_headers(headers))
+                except APIError as exc:
+                    if exc.err_code != _WRONG_LAST_SEQUENCE:
+                        raise
+                    log.info("run %s moved on while cancelling it; asking its runner", ident.run_id)
+            body = msgspec.json.encode({"run_id": ident.run_id, "actor": actor})
+            await self.bus.nc.publish(self.names.cancel_subject(ident.run_id), body, headers=inject_headers())
             await self.bus.nc.flush(timeout=5)
 
     async def scheduler_status(self) -> SchedulerStatus | None:

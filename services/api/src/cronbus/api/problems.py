@@ -7,16 +7,28 @@ Unexpected failures are logged with their traceback here and answered without on
 
 from __future__ import annotations
 
+import errno
 import logging
 import re
+import socket
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import asyncpg
 import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
-from litestar.types import ExceptionHandlersMap
+from litestar.types import ExceptionHandlersMap, Receive, Scope, Send
+from nats.errors import (
+    BadHeaderError,
+    BadSubjectError,
+    JsonParseError,
+    MaxPayloadError,
+    MsgAlreadyAckdError,
+    NotJSMessageError,
+)
 from nats.errors import Error as NatsError
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy import exc as sa_exc
 
 from cronbus.api.auth import Forbidden, Unauthenticated
 from cronbus.api.domain import InvalidInput, JobNotFound, ProjectionBehind, RevisionConflict, RunNotFound
@@ -143,22 +155,132 @@ def _title(status: int) -> str:
         return "Error"
 
 
-def _unavailable(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
-    what = "NATS" if isinstance(exc, NatsError | TimeoutError) else "the history database"
-    log.warning("%s %s: %s unavailable: %r", request.method, request.url.path, what, exc)
-    return problem_response(
-        _problem(
-            request,
-            503,
-            "unavailable",
-            "Service unavailable",
-            f"{what} is not reachable right now; retry shortly (see GET /readyz)",
-        ),
-        headers={"Retry-After": "2"},
+# Seconds a client should wait before retrying after an outage answer (503).
+RETRY_AFTER = 5
+
+# errno values of a network path that is down, as opposed to a local programming or file error.
+_NETWORK_ERRNOS = frozenset(
+    {
+        errno.ECONNREFUSED,
+        errno.ECONNRESET,
+        errno.ECONNABORTED,
+        errno.EHOSTUNREACH,
+        errno.ENETUNREACH,
+        errno.ENETDOWN,
+        errno.ETIMEDOUT,
+        errno.EPIPE,
+    }
+)
+
+# NATS errors that are the request's fault or a bug, not a server that cannot be reached.
+_NATS_NOT_OUTAGE: tuple[type[Exception], ...] = (
+    MaxPayloadError,
+    BadSubjectError,
+    BadHeaderError,
+    JsonParseError,
+    NotJSMessageError,
+    MsgAlreadyAckdError,
+)
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """`exc` and what it wraps: `__cause__`/`__context__` and SQLAlchemy's `orig` (bounded)."""
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo and len(seen) < 16:
+        current = todo.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        for inner in (getattr(current, "orig", None), current.__cause__, current.__context__):
+            if isinstance(inner, BaseException):
+                todo.append(inner)
+
+
+def _database_down(exc: BaseException) -> bool:
+    match exc:
+        case asyncpg.PostgresConnectionError() | asyncpg.CannotConnectNowError():
+            return True
+        case asyncpg.AdminShutdownError() | asyncpg.CrashShutdownError() | asyncpg.TooManyConnectionsError():
+            return True
+        case asyncpg.InterfaceError() if not isinstance(exc, ValueError):
+            # "connection is closed" and the like; its DataError (a ValueError) is a bad value.
+            return True
+        case sa_exc.TimeoutError() | sa_exc.DisconnectionError():
+            return True
+        case sa_exc.OperationalError():
+            # SQLite says "database is locked" or "unable to open database file" when it cannot
+            # serve, but also "no such table" for a schema that is not there: that is a bug.
+            return not str(exc.orig).startswith(("no such", "syntax error"))
+        case sa_exc.DBAPIError() if exc.connection_invalidated:
+            return True
+    return False
+
+
+def _network_down(exc: BaseException) -> bool:
+    if isinstance(exc, ConnectionError | socket.gaierror | TimeoutError):
+        return True
+    return isinstance(exc, OSError) and exc.errno in _NETWORK_ERRNOS
+
+
+def outage(exc: BaseException) -> str | None:
+    """What is down when `exc` means NATS or the database cannot be reached: "NATS", "the
+    history database", or None when `exc` is something else (a bug, bad input)."""
+    causes = list(_causes(exc))
+    if any(isinstance(c, NatsError) and not isinstance(c, _NATS_NOT_OUTAGE) for c in causes):
+        return "NATS"
+    if any(
+        isinstance(c, sa_exc.SQLAlchemyError | asyncpg.PostgresError | asyncpg.InterfaceError) for c in causes
+    ):
+        return "the history database" if any(_database_down(c) or _network_down(c) for c in causes) else None
+    if any(_network_down(c) for c in causes):
+        # A bare socket error: the database driver (asyncpg connects outside SQLAlchemy's
+        # wrapping) or NATS; the database is the one that raises these unwrapped.
+        return (
+            "NATS" if any(type(c).__module__.startswith("nats") for c in causes) else "the history database"
+        )
+    return None
+
+
+def unavailable_problem(what: str, instance: str) -> Problem:
+    return Problem(
+        type=_TYPE + "unavailable",
+        title="Service unavailable",
+        status=503,
+        detail=f"{what} is not reachable right now; retry in a few seconds. "
+        "GET /readyz shows what is down; the server log has the cause",
+        instance=instance,
     )
 
 
-def _internal(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+def _too_large(request: Request[Any, Any, Any], exc: BaseException) -> Response[bytes]:
+    limit = getattr(getattr(request.app.state, "bus", None), "nc", None)
+    max_payload = getattr(limit, "max_payload", 0) or 0
+    said = f" ({max_payload} bytes)" if max_payload else ""
+    return problem_response(
+        _problem(
+            request,
+            413,
+            "too-large",
+            "Request too large",
+            f"the request makes a message larger than NATS carries{said}; "
+            "shorten the largest fields (command, description, env, headers, Idempotency-Key)",
+        )
+    )
+
+
+def _failure(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    """Every exception without a more specific handler: an outage (503), a message too large
+    for NATS (413), or a bug (500)."""
+    if any(isinstance(c, MaxPayloadError) for c in _causes(exc)):
+        return _too_large(request, exc)
+    what = outage(exc)
+    if what is not None:
+        log.warning("%s %s: %s unavailable: %r", request.method, request.url.path, what, exc)
+        return problem_response(
+            unavailable_problem(what, request.url.path), headers={"Retry-After": str(RETRY_AFTER)}
+        )
     log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
     return problem_response(
         _problem(
@@ -181,9 +303,20 @@ EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     RevisionConflict: _conflict,
     ProjectionBehind: _behind,
     HTTPException: _http,
-    NatsError: _unavailable,
-    TimeoutError: _unavailable,
-    OperationalError: _unavailable,
-    DBAPIError: _unavailable,
-    Exception: _internal,
+    Exception: _failure,
 }
+
+
+def _handler_for(exc: Exception) -> Callable[[Request[Any, Any, Any], Any], Response[bytes]]:
+    for kind in type(exc).__mro__:
+        handler = EXCEPTION_HANDLERS.get(kind)
+        if handler is not None:
+            return handler
+    return _failure
+
+
+async def answer_exception(scope: Scope, receive: Receive, send: Send, exc: Exception) -> None:
+    """Answer `exc` as the exception handlers above would, for code that runs before routing."""
+    request: Request[Any, Any, Any] = Request(scope, receive)
+    response = _handler_for(exc)(request, exc)
+    await response.to_asgi_response(app=None, request=request)(scope, receive, send)

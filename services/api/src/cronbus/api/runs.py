@@ -6,9 +6,10 @@ from collections.abc import AsyncIterator
 
 from cronbus.api.domain import FieldError, InvalidInput, Principal, RunNotFound, check_id
 from cronbus.api.history import History
-from cronbus.api.journal import Journal
+from cronbus.api.journal import Journal, RunHead
 from cronbus.api.schemas import CancelRequested, RunnerOut, RunOut, SchedulerOut, StatusOut
-from cronbus.shared.events import LogChunk
+from cronbus.shared.events import LogChunk, RunIdentity
+from cronbus.shared.names import Names
 
 
 class Runs:
@@ -38,10 +39,28 @@ class Runs:
         return await self.history.log(run_id, attempt)
 
     async def cancel(self, run_id: str, by: Principal) -> CancelRequested:
-        """Ask the runner to kill the run; the outcome shows up as status `cancelled`."""
-        run = await self.get(run_id)
-        await self.journal.cancel(run.id, by.name)
-        return CancelRequested(id=run.id)
+        """Cancel the run; the outcome shows up as status `cancelled`.
+
+        The run is looked for on the bus as well as in the history, which lags behind it: its
+        events on RUNS, the history, then the DISPATCH messages the history has not projected
+        (a run dispatched a moment ago). 404 only when it is in none of them.
+        """
+        run_id = check_id("run", run_id)
+        head = await self.journal.run_head(run_id)
+        if head is None:
+            run = await self.history.run(run_id)
+            if run is not None:
+                identity = RunIdentity(run_id=run.id, job_id=run.job_id, slot=run.slot)
+                head = RunHead(identity=identity, last=None, last_seq=0)
+        if head is None:
+            projected = await self.history.projected_seq(Names.logs_consumer("dispatch"))
+            identity = await self.journal.find_dispatch(run_id, after_seq=projected)
+            if identity is not None:
+                head = RunHead(identity=identity, last=None, last_seq=0)
+        if head is None:
+            raise RunNotFound(run_id)
+        await self.journal.cancel(head, by.name)
+        return CancelRequested(id=run_id)
 
     def tail(self, run_id: str, *, idle_timeout: float) -> AsyncIterator[LogChunk | None]:
         """The run's output from the LOGS stream: replay, then live until the run finishes."""
