@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import uuid
 from dataclasses import replace
 from pathlib import Path
 
+import psutil
 import pytest
 
 from cronbus.shared.bus import Bus
@@ -125,3 +127,60 @@ async def test_a_stopping_runner_hands_back_what_does_not_finish_in_its_grace_pe
         for proc in runners.values():
             kill_process(proc)
         await bus.close()
+
+
+def _processes_with(marker: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        if marker in " ".join(proc.info["cmdline"] or []):
+            found.append(proc)
+    return found
+
+
+async def test_a_runner_killed_with_sigkill_leaves_no_process_of_its_runs(settings: Settings, tmp_path: Path):
+    bus = await Bus.open(settings, "test")
+    marker = f"1000.{uuid.uuid4().int % 10**6}"
+    runner = spawn_runner(settings, "runner-doomed", tmp_path / "runner.log")
+    try:
+        d = await dispatch(
+            bus.js,
+            settings,
+            # The command's children, and a grandchild started by a subshell that exits at once.
+            ShellExecutor(
+                command=f"sleep {marker} & sleep {marker} & (sleep {marker} &); echo started; wait"
+            ),
+        )
+        await _first_start(bus, settings, d.run_id)
+        await wait_for(lambda: len(_processes_with(marker)) >= 3, timeout=15, what="the run's processes")
+        reapers = [p for p in psutil.Process(runner.pid).children() if "cronbus.runner.reaper" in p.cmdline()]
+        assert len(reapers) == 1
+
+        runner.send_signal(signal.SIGKILL)
+        runner.wait(timeout=10)
+        await wait_for(lambda: _processes_with(marker) == [], timeout=8, what="the run's processes ended")
+        # The reaper has done its work and is gone too.
+        await wait_for(lambda: not reapers[0].is_running(), timeout=8, what="the reaper exited")
+    finally:
+        kill_process(runner)
+        for proc in _processes_with(marker):
+            proc.kill()
+        await bus.close()
+
+
+async def test_a_runner_that_stops_normally_leaves_no_reaper_behind(settings: Settings, tmp_path: Path):
+    runner = spawn_runner(settings, "runner-stops", tmp_path / "runner.log")
+    try:
+
+        def reapers() -> list[psutil.Process]:
+            try:
+                children = psutil.Process(runner.pid).children()
+            except psutil.Error:
+                return []
+            return [p for p in children if "cronbus.runner.reaper" in " ".join(p.cmdline())]
+
+        reaper = (await wait_for(reapers, timeout=15, what="the reaper started"))[0]
+        runner.send_signal(signal.SIGTERM)
+        assert runner.wait(timeout=20) == 0
+        assert not reaper.is_running()
+    finally:
+        kill_process(runner)

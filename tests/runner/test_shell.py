@@ -189,3 +189,39 @@ async def test_cpu_time_and_peak_memory_are_measured(settings: Settings):
             assert result.duration_ms >= 400
     finally:
         await bus.close()
+
+
+async def test_peak_memory_is_the_jobs_own_not_the_runners(settings: Settings):
+    """A child's `ru_maxrss` starts at the runner's peak; it must not be reported as the job's."""
+    bus = await Bus.open(settings, "test")
+    try:
+        async with running(settings):
+            tiny = await dispatch(bus.js, settings, ShellExecutor(command="echo hi"))
+            small = await dispatch(bus.js, settings, ShellExecutor(command="sleep 0.4; echo hi"))
+            big = await dispatch(
+                bus.js,
+                settings,
+                ShellExecutor(
+                    command=[
+                        sys.executable,
+                        "-c",
+                        "import time\nb = bytearray(100_000_000)\ntime.sleep(0.6)\nprint(len(b))\n",
+                    ]
+                ),
+            )
+            runner_peak = psutil.Process().memory_info().rss
+            assert runner_peak > 40_000_000
+            # Ended before it could be sampled: no figure rather than the runner's.
+            result = await final_outcome(bus.js, settings, tiny.run_id)
+            assert result.status == "succeeded"
+            assert result.peak_rss_bytes is None or result.peak_rss_bytes < 20_000_000
+            result = await final_outcome(bus.js, settings, small.run_id)
+            assert result.status == "succeeded"
+            assert result.peak_rss_bytes is not None
+            assert 0 < result.peak_rss_bytes < 20_000_000
+            result = await final_outcome(bus.js, settings, big.run_id)
+            assert result.status == "succeeded"
+            assert result.peak_rss_bytes is not None
+            assert 90_000_000 <= result.peak_rss_bytes < 200_000_000
+    finally:
+        await bus.close()

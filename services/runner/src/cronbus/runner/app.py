@@ -21,6 +21,7 @@ from cronbus.runner.environment import parse_passthrough
 from cronbus.runner.executors import http_client
 from cronbus.runner.overlap import RunningRecords
 from cronbus.runner.presence import Presence
+from cronbus.runner.processes import Reaper
 from cronbus.runner.runs import RunHandler
 from cronbus.shared.bus import Bus
 from cronbus.shared.settings import Settings
@@ -114,6 +115,9 @@ class RunnerService:
         if bus is None:
             return
         http = http_client(settings.concurrency)
+        # Ends the runs' process groups if this process is killed (it cannot do so itself).
+        reaper = Reaper()
+        reaper.start()
         presence_task: asyncio.Task[None] | None = None
         fetchers: list[asyncio.Task[None]] = []
         cancel_sub: Subscription | None = None
@@ -125,7 +129,13 @@ class RunnerService:
             presence = Presence(await bus.js.key_value(names.runners_bucket), settings, lambda: self.running)
             records = RunningRecords(await bus.js.key_value(names.running_bucket), presence.is_live)
             handler = RunHandler(
-                settings=settings, nc=bus.nc, js=bus.js, http=http, records=records, stopping=stopping
+                settings=settings,
+                nc=bus.nc,
+                js=bus.js,
+                http=http,
+                records=records,
+                stopping=stopping,
+                reaper=reaper,
             )
 
             async def on_cancel(msg: Msg) -> None:
@@ -178,6 +188,7 @@ class RunnerService:
                 except Exception as exc:
                     log.debug("unsubscribe on stop: %s", exc)
             await http.aclose()
+            await reaper.close()
             await bus.close()
 
     async def _bind(self, js: JetStreamContext, pool: str) -> JetStreamContext.PullSubscription:

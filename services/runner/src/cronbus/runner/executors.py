@@ -20,7 +20,7 @@ from typing import Any, Literal, Protocol
 import httpx
 
 from cronbus.runner.output import LiveOutput
-from cronbus.runner.processes import ChildProcess, TreeUsage, end_group, group_alive, stop_task
+from cronbus.runner.processes import ChildProcess, Reaper, TreeUsage, end_group, group_alive, stop_task
 from cronbus.shared.events import Executor, HttpExecutor, RunStatus, ShellExecutor
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,8 @@ class RunControl:
     timeout: float | None = None
     # The complete environment of a shell run (see cronbus.runner.environment).
     env: dict[str, str] = field(default_factory=dict)
+    # Told about the run's process group, so the group ends even if the runner dies.
+    reaper: Reaper | None = None
     # SIGTERM -> SIGKILL grace when a process group is ended.
     kill_grace: float = 5.0
     interrupted: asyncio.Event = field(default_factory=asyncio.Event)
@@ -133,7 +135,7 @@ class ShellExecution:
             await control.output.note("cronbus: the command is empty")
             return Outcome("failed", error="the command is empty")
         try:
-            proc = await ChildProcess.start(argv, env=control.env, cwd=self.spec.cwd)
+            proc = await ChildProcess.start(argv, env=control.env, cwd=self.spec.cwd, reaper=control.reaper)
         except OSError as exc:
             what = exc.filename if exc.filename else argv[0]
             reason = exc.strerror or str(exc)

@@ -1,8 +1,11 @@
-"""A run's process group: ending all of it (grandchildren too) and measuring its cost.
+"""A run's process group: ending all of it (grandchildren too), even after the runner died,
+and measuring its cost.
 
 A shell run starts in its own session, so its process id is also its process-group id and
 every process it forks stays in that group unless it deliberately leaves (setsid). Killing
 the group therefore ends the whole tree, including children whose parent already exited.
+The runner's `Reaper` (see cronbus.runner.reaper) does the same for the groups of a runner
+that was killed.
 """
 
 from __future__ import annotations
@@ -14,13 +17,15 @@ import os
 import resource
 import signal
 import subprocess
+import sys
 from typing import Any
 
 import psutil
 
 log = logging.getLogger(__name__)
 
-# How often the accounting sampler looks at the process tree.
+# When the accounting sampler first looks at the process tree, then how often.
+FIRST_SAMPLE = 0.05
 SAMPLE_INTERVAL = 0.25
 
 
@@ -60,12 +65,33 @@ async def end_group(pgid: int, *, grace: float) -> None:
                 return
 
 
+def _memory(pid: int) -> tuple[int, int] | None:
+    """(resident set, its peak so far) of a process in bytes, from /proc/<pid>/status."""
+    rss = hwm = None
+    try:
+        with open(f"/proc/{pid}/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"VmRSS:"):
+                    rss = int(line.split()[1]) * 1024
+                elif line.startswith(b"VmHWM:"):
+                    hwm = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    # A zombie (exited, not yet waited for) has no memory left to report.
+    if rss is None or hwm is None:
+        return None
+    return rss, hwm
+
+
 class TreeUsage:
     """CPU time and peak resident memory of a process and its descendants.
 
-    Sampled while it runs (peak memory is the largest sum over the tree seen), then completed
-    with the kernel's accounting at exit. Descendants that exit between samples without being
-    waited for by the tree are not seen, so the figures are lower bounds.
+    Sampled while it runs (first after `FIRST_SAMPLE` seconds, then every `SAMPLE_INTERVAL`),
+    and completed with the kernel's accounting at exit. Peak memory is the largest of: the
+    tree's summed resident set at a sample, and any one process's own peak (`VmHWM`, which
+    covers the time between samples). Descendants that exit between samples are seen only
+    through the kernel's figures for the children the command waited for, so the figures are
+    lower bounds; a command that ends before the first sample may have no memory figure.
     """
 
     def __init__(self, pid: int) -> None:
@@ -73,6 +99,9 @@ class TreeUsage:
         self.cpu_ms: float | None = None
         self.peak_rss_bytes: int | None = None
         self._root: psutil.Process | None = None
+        # A child's `ru_maxrss` never reads less than this: the kernel carries the runner's own
+        # peak across fork and exec into it (see `include`).
+        self._runner_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
     def sample(self) -> bool:
         """One look at the tree (blocking: reads /proc). False once the root is gone."""
@@ -84,33 +113,123 @@ class TreeUsage:
             return False
         cpu = 0.0
         rss = 0
+        peak = 0
         for proc in procs:
             try:
-                with proc.oneshot():
-                    times = proc.cpu_times()
-                    rss += proc.memory_info().rss
+                times = proc.cpu_times()
             except psutil.Error:
                 continue
+            memory = _memory(proc.pid)
+            if memory is not None:
+                rss += memory[0]
+                peak = max(peak, memory[1])
             # children_* hold the time of descendants already waited for, so none is counted twice.
             cpu += times.user + times.system + times.children_user + times.children_system
         self.cpu_ms = max(self.cpu_ms or 0.0, cpu * 1000.0)
-        self.peak_rss_bytes = max(self.peak_rss_bytes or 0, rss)
+        self.peak_rss_bytes = max(self.peak_rss_bytes or 0, rss, peak)
         return True
 
     async def follow(self) -> None:
-        """Sample until the root exits or the task is cancelled. Short runs are never sampled:
-        the kernel's figures at exit (`include`) cover them."""
+        """Sample until the root exits or the task is cancelled. Very short runs are never
+        sampled: the kernel's figures at exit (`include`) are all they have."""
+        delay = FIRST_SAMPLE
         while True:
-            await asyncio.sleep(SAMPLE_INTERVAL)
+            await asyncio.sleep(delay)
             if not await asyncio.to_thread(self.sample):
                 return
+            delay = SAMPLE_INTERVAL
 
     def include(self, usage: resource.struct_rusage) -> None:
         """The root's own figures at exit: its CPU time and that of the descendants it waited
-        for, and the largest resident set among them (the kernel reports KiB)."""
+        for, and the largest resident set among them (the kernel reports KiB).
+
+        That largest resident set is only the command's when it exceeds the runner's own peak:
+        a child's `ru_maxrss` starts at its parent's peak at fork and survives exec, so any
+        smaller figure is the runner's memory, not the command's, and is left out.
+        """
         cpu_ms = (usage.ru_utime + usage.ru_stime) * 1000.0
         self.cpu_ms = max(self.cpu_ms or 0.0, cpu_ms)
-        self.peak_rss_bytes = max(self.peak_rss_bytes or 0, usage.ru_maxrss * 1024)
+        maxrss = usage.ru_maxrss * 1024
+        if maxrss > self._runner_peak:
+            self.peak_rss_bytes = max(self.peak_rss_bytes or 0, maxrss)
+
+
+class Reaper:
+    """The runner's side of its reaper process (cronbus.runner.reaper): it tells the reaper
+    which process groups belong to runs, so they are ended if the runner dies.
+
+    Writes are a few bytes to a non-blocking pipe, made right after a command is spawned, so
+    that only a runner killed within microseconds of a spawn can leave that run behind.
+    """
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._groups: set[int] = set()
+
+    def start(self) -> None:
+        """Start the reaper (in its own session: signals meant for the runner's process group,
+        such as a terminal's Ctrl-C, must not reach it)."""
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "cronbus.runner.reaper"], stdin=subprocess.PIPE, start_new_session=True
+        )
+        assert self._proc.stdin is not None
+        os.set_blocking(self._proc.stdin.fileno(), False)
+
+    def track(self, pgid: int) -> None:
+        self._groups.add(pgid)
+        self._send(b"+%d\n" % pgid)
+
+    def untrack(self, pgid: int) -> None:
+        if pgid in self._groups:
+            self._groups.discard(pgid)
+            self._send(b"-%d\n" % pgid)
+
+    def _send(self, line: bytes) -> None:
+        if self._proc is None or self._proc.stdin is None:
+            return
+        try:
+            os.write(self._proc.stdin.fileno(), line)
+            return
+        except BlockingIOError:
+            # The reaper is not reading (stopped?): better a possible orphan than a stalled runner.
+            log.error("the reaper process is not reading; a run may outlive this runner if it dies")
+            return
+        except OSError as exc:
+            log.error("the reaper process is gone (%s); starting a new one", exc)
+        self._restart()
+
+    def _restart(self) -> None:
+        if self._proc is not None:
+            with contextlib.suppress(OSError):
+                self.close_pipe()
+            self._proc.poll()
+        try:
+            self.start()
+        except OSError as exc:
+            log.error("cannot start a reaper process (%s); runs may outlive this runner if it dies", exc)
+            self._proc = None
+            return
+        assert self._proc is not None and self._proc.stdin is not None
+        lines = b"".join(b"+%d\n" % pgid for pgid in self._groups)
+        with contextlib.suppress(OSError):
+            os.write(self._proc.stdin.fileno(), lines)
+
+    def close_pipe(self) -> None:
+        if self._proc is not None and self._proc.stdin is not None:
+            self._proc.stdin.close()
+
+    async def close(self, timeout: float = 10.0) -> None:
+        """The runner is stopping and its runs have ended: let the reaper exit."""
+        if self._proc is None:
+            return
+        self.close_pipe()
+        try:
+            await asyncio.to_thread(self._proc.wait, timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("the reaper process did not exit; killing it")
+            self._proc.kill()
+            await asyncio.to_thread(self._proc.wait)
+        self._proc = None
 
 
 async def stop_task(task: asyncio.Task[Any]) -> None:
@@ -123,9 +242,12 @@ class ChildProcess:
     """A started command whose exit is awaited through a pidfd: no helper thread per child and
     no process-wide child watcher, and the exit comes with the kernel's resource usage."""
 
-    def __init__(self, popen: subprocess.Popen[bytes], loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, popen: subprocess.Popen[bytes], loop: asyncio.AbstractEventLoop, reaper: Reaper | None
+    ) -> None:
         self._popen = popen
         self._loop = loop
+        self._reaper = reaper
         self.pid = popen.pid
         self.returncode: int | None = None
         self.rusage: resource.struct_rusage | None = None
@@ -137,14 +259,19 @@ class ChildProcess:
         self._poller: asyncio.Task[None] | None = None
 
     @classmethod
-    async def start(cls, argv: list[str], *, env: dict[str, str] | None, cwd: str | None) -> ChildProcess:
-        """Start `argv` in a new session with stdin closed and stdout/stderr piped.
+    async def start(
+        cls, argv: list[str], *, env: dict[str, str] | None, cwd: str | None, reaper: Reaper | None = None
+    ) -> ChildProcess:
+        """Start `argv` in a new session with stdin closed and stdout/stderr piped; `reaper`
+        learns of its process group at once.
 
         OSError (no such program or directory) propagates.
         """
         loop = asyncio.get_running_loop()
         popen = _spawn(argv, env=env, cwd=cwd)
-        child = cls(popen, loop)
+        if reaper is not None:
+            reaper.track(popen.pid)
+        child = cls(popen, loop, reaper)
         try:
             child._watch_exit()
             for pipe, reader in ((popen.stdout, child.stdout), (popen.stderr, child.stderr)):
@@ -199,7 +326,10 @@ class ChildProcess:
         return await asyncio.shield(self._exited)
 
     def close(self) -> None:
-        """Release the pipes and the pidfd (the process itself is the caller's to end)."""
+        """Release the pipes and the pidfd (the process group itself is the caller's to end,
+        before this: the reaper forgets it here)."""
+        if self._reaper is not None:
+            self._reaper.untrack(self.pid)
         for transport in self._transports:
             transport.close()
         self._transports.clear()

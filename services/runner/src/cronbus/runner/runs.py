@@ -27,7 +27,7 @@ from cronbus.runner.environment import RunIdentity, job_environment, parse_passt
 from cronbus.runner.executors import RunControl, execution_for
 from cronbus.runner.output import Chunk, Chunker, LiveOutput
 from cronbus.runner.overlap import Holder, RunningRecords
-from cronbus.runner.processes import stop_task
+from cronbus.runner.processes import Reaper, stop_task
 from cronbus.shared.bus import MSG_ID
 from cronbus.shared.events import (
     Event,
@@ -166,6 +166,7 @@ class RunHandler:
         http: httpx.AsyncClient,
         records: RunningRecords,
         stopping: asyncio.Event,
+        reaper: Reaper | None = None,
     ) -> None:
         self.settings = settings
         self.names = settings.names
@@ -174,6 +175,7 @@ class RunHandler:
         self.http = http
         self.records = records
         self.stopping = stopping
+        self.reaper = reaper
         self.events = EventPublisher(js, patience=max(settings.ack_wait, PUBLISH_PATIENCE_FLOOR))
         self.active: dict[str, RunControl] = {}
         # Read once: the runner's environment does not change while it runs.
@@ -299,7 +301,9 @@ class RunHandler:
 
         chunker = Chunker(cap=self.settings.output_cap, secrets=secret_values(d.spec.executor))
         output = LiveOutput(self._chunk_publisher(d, attempt), chunker)
-        control = RunControl(output=output, timeout=d.spec.timeout, env=self._job_env(d, attempt))
+        control = RunControl(
+            output=output, timeout=d.spec.timeout, env=self._job_env(d, attempt), reaper=self.reaper
+        )
         self.active[d.run_id] = control
         if self._handing_back:
             control.interrupt("handed_back")
