@@ -31,10 +31,19 @@ class JsonRequest(Request[Any, Any, Any]):
             ) from None
 
 
+async def _json_body(request: Request[Any, Any, Any]) -> bytes:
+    """The body, once it is known to be JSON at all (Litestar keeps what it read)."""
+    try:
+        await request.json()
+    except SerializationException as exc:
+        raise ClientException(str(exc)) from None
+    return await request.body()
+
+
 async def strict_jobs(request: Request[Any, Any, Any]) -> None:
     """Before `POST /v1/jobs`: a job object or an array of them, read strictly."""
     try:
-        decode_jobs(await request.body())
+        decode_jobs(await _json_body(request))
     except BodyError as exc:
         raise ClientException(str(exc)) from None
     except BodyInvalid as exc:
@@ -44,7 +53,7 @@ async def strict_jobs(request: Request[Any, Any, Any]) -> None:
 async def strict_patch(request: Request[Any, Any, Any]) -> None:
     """Before `PATCH /v1/jobs/{id}`: the changes, read strictly."""
     try:
-        decode_patch(await request.body())
+        decode_patch(await _json_body(request))
     except BodyError as exc:
         raise ClientException(str(exc)) from None
     except BodyInvalid as exc:
