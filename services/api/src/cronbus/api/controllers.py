@@ -125,7 +125,8 @@ class JobController(Controller):
         description=f"A job object answers the job. An array of 1 to {MAX_BATCH} job objects answers "
         '`{"items": [job, ...]}` in the same order; every item is checked first, and one invalid '
         "item rejects the whole array (`errors[].field` such as `[17].schedule`). With "
-        "`Idempotency-Key`, repeating the request creates each job once and answers the same jobs.",
+        "`Idempotency-Key`, repeating the request creates each job once and answers the same jobs. "
+        "With `?dry_run=true` nothing is created: 200 with the jobs as they would be, or the 422.",
         before_request=strict_jobs,
     )
     async def create(
@@ -134,13 +135,21 @@ class JobController(Controller):
         data: JSONBody[JobsBody],
         jobs: NamedDependency[Jobs],
         idempotency_key: CreateKey = None,
+        dry_run: Annotated[
+            bool,
+            QueryParameter(
+                description="check the input and answer 200 with what would be created; append nothing"
+            ),
+        ] = False,
     ) -> Response[JobOut | JobBatch]:
         by = caller(request)
+        status = 200 if dry_run else 201
         if isinstance(data, JobIn):
-            job = await jobs.create(data, by, request_key=idempotency_key)
-            return Response(job, status_code=201, headers={"Location": f"/v1/jobs/{job.id}", **_etag(job)})
-        made = await jobs.create_many(data, by, request_key=idempotency_key)
-        return Response(JobBatch(items=list(made)), status_code=201)
+            job = await jobs.create(data, by, request_key=idempotency_key, dry_run=dry_run)
+            headers = {} if dry_run else {"Location": f"/v1/jobs/{job.id}", **_etag(job)}
+            return Response(job, status_code=status, headers=headers)
+        made = await jobs.create_many(data, by, request_key=idempotency_key, dry_run=dry_run)
+        return Response(JobBatch(items=list(made)), status_code=status)
 
     @get("/", opt=VIEWER, responses=problems(403, 422), summary="List jobs (oldest first)")
     async def list_jobs(

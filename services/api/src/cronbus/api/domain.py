@@ -209,6 +209,7 @@ def check_spec(job: JobIn, prefix: str = "") -> tuple[JobSpec | None, list[Field
     limits.check_labels(errors, "", job.labels)
     executor = _executor(errors, job.executor)
     retention = _retention(errors, job.retention)
+    anchor = limits.check_instant(errors, "anchor", job.anchor)
     if errors:
         return None, [FieldError(field=prefix + e.field, reason=e.reason) for e in errors]
     assert executor is not None
@@ -233,6 +234,7 @@ def check_spec(job: JobIn, prefix: str = "") -> tuple[JobSpec | None, list[Field
         description=job.description,
         labels=job.labels,
         retention=retention,
+        anchor=anchor,
     ), []
 
 
@@ -343,6 +345,7 @@ def input_from_spec(spec: JobSpec) -> dict[str, Any]:
         "description": spec.description,
         "labels": spec.labels,
         "retention": {"runs": spec.retention.runs, "log_bytes": spec.retention.log_bytes},
+        "anchor": spec.anchor,
     }
 
 
@@ -424,11 +427,33 @@ def evolve(state: JobState | None, event: JobEvents) -> JobState | None:
     return state
 
 
+def _is_interval(spec: JobSpec) -> bool:
+    try:
+        return parse_schedule(spec.schedule, spec.timezone).kind == "every"
+    except ScheduleError:
+        return False
+
+
+def anchored(spec: JobSpec, now: datetime, previous: JobSpec | None = None) -> JobSpec:
+    """`spec` with the anchor of its `@every` grid: the one it names, else `now` (to the second).
+
+    A job whose interval schedule ran on the epoch grid before anchors existed keeps that grid
+    through its changes, so none of its slots moves.
+    """
+    if spec.anchor is not None or not _is_interval(spec):
+        return spec
+    if previous is not None and previous.anchor is None and _is_interval(previous):
+        return spec
+    return msgspec.structs.replace(spec, anchor=now.replace(microsecond=0))
+
+
 def next_fires(spec: JobSpec, now: datetime, n: int = NEXT_FIRES) -> list[datetime]:
     """The next `n` slots after `now` inside the job's start/end bounds; none for a schedule
     that no longer parses or cannot be computed (stored before input was bounded)."""
     try:
         schedule = parse_schedule(spec.schedule, spec.timezone)
+        if spec.anchor is not None:
+            schedule = schedule.anchored(spec.anchor)
         after = max(now, spec.start_at) if spec.start_at else now
         fires = schedule.next_fires(after, n)
     except (ScheduleError, OverflowError, ValueError):
@@ -489,6 +514,7 @@ def job_view(state: JobState, now: datetime) -> JobOut:
         description=spec.description,
         labels=spec.labels,
         retention=RetentionOut(runs=spec.retention.runs, log_bytes=spec.retention.log_bytes),
+        anchor=spec.anchor,
         paused=state.paused,
         created_at=state.created_at,
         updated_at=state.updated_at,

@@ -19,6 +19,7 @@ from cronbus.api.domain import (
     Principal,
     ProjectionBehind,
     RevisionConflict,
+    anchored,
     check_id,
     check_spec,
     evolve,
@@ -124,18 +125,26 @@ class Jobs:
 
     # --- writes (events on JOBS) ---------------------------------------------------------------
 
-    async def create(self, job: JobIn, by: Principal, *, request_key: str | None = None) -> JobOut:
-        return (await self._create([job], by, request_key=request_key, batch=False))[0]
+    async def create(
+        self, job: JobIn, by: Principal, *, request_key: str | None = None, dry_run: bool = False
+    ) -> JobOut:
+        return (await self._create([job], by, request_key=request_key, batch=False, dry_run=dry_run))[0]
 
     async def create_many(
-        self, jobs: Sequence[JobIn], by: Principal, *, request_key: str | None = None
+        self, jobs: Sequence[JobIn], by: Principal, *, request_key: str | None = None, dry_run: bool = False
     ) -> Sequence[JobOut]:
         """Create every job or none: all are checked before the first is appended; the appends
-        are pipelined. The answer is in input order."""
-        return await self._create(jobs, by, request_key=request_key, batch=True)
+        are pipelined. The answer is in input order. `dry_run` checks and answers, appends nothing."""
+        return await self._create(jobs, by, request_key=request_key, batch=True, dry_run=dry_run)
 
     async def _create(
-        self, jobs: Sequence[JobIn], by: Principal, *, request_key: str | None, batch: bool
+        self,
+        jobs: Sequence[JobIn],
+        by: Principal,
+        *,
+        request_key: str | None,
+        batch: bool,
+        dry_run: bool = False,
     ) -> Sequence[JobOut]:
         errors = limits.check_idempotency_key(request_key) if request_key is not None else []
         checked = [check_spec(job, f"[{i}]." if batch else "") for i, job in enumerate(jobs)]
@@ -149,7 +158,7 @@ class Jobs:
                 job_id=self._new_job_id(by, request_key, i if batch else None),
                 revision=1,
                 actor=by.name,
-                spec=spec,
+                spec=anchored(spec, now),
                 occurred_at=now,
             )
             for i, spec in enumerate(specs)
@@ -159,6 +168,8 @@ class Jobs:
             limits.check_event_size(errors, f"[{i}]" if batch else "body", len(encode(event)), limit)
         if errors:
             raise InvalidInput(errors)
+        if dry_run:
+            return [job_view(state, now) for state in (evolve(None, e) for e in events) if state is not None]
         in_flight = asyncio.Semaphore(_APPENDS_IN_FLIGHT)
 
         async def append(event: JobCreated) -> JobState:
@@ -222,13 +233,14 @@ class Jobs:
         expected = patch.revision if isinstance(patch.revision, int) else if_match
         if expected is not None and expected != head.state.revision:
             raise RevisionConflict(head.state.id, expected, head.state.revision)
-        spec = patched_spec(head.state.spec, patch)
+        now = self.clock()
+        spec = anchored(patched_spec(head.state.spec, patch), now, previous=head.state.spec)
         event = JobUpdated(
             job_id=head.state.id,
             revision=head.state.revision + 1,
             actor=by.name,
             spec=spec,
-            occurred_at=self.clock(),
+            occurred_at=now,
         )
         errors: list[FieldError] = []
         limits.check_event_size(errors, "body", len(encode(event)), self._event_limit())

@@ -107,6 +107,8 @@ class JobIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     description: str = ""
     labels: dict[str, str] = {}
     retention: RetentionIn = msgspec.field(default_factory=RetentionIn)
+    # `@every` slots lie on the grid through this instant; left out, the job's creation time.
+    anchor: datetime | None = None
 
 
 class JobPatch(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -131,6 +133,7 @@ class JobPatch(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     description: str | UnsetType = UNSET
     labels: dict[str, str] | UnsetType = UNSET
     retention: RetentionIn | UnsetType = UNSET
+    anchor: datetime | UnsetType | None = UNSET
 
 
 # --- output ----------------------------------------------------------------------------------
@@ -197,6 +200,7 @@ class JobOut(msgspec.Struct, kw_only=True):
     description: str
     labels: dict[str, str]
     retention: RetentionOut
+    anchor: datetime | None = None
     paused: bool
     created_at: datetime
     updated_at: datetime
