@@ -1,4 +1,5 @@
-"""The `cronbus` command: `up` (everything, embedded) or one service (`scheduler`, `runner`, ...).
+"""The `cronbus` command: `up` (everything, embedded), one service (`scheduler`, `runner`, ...),
+or the client of a running cronbus (`jobs`, `runs`, `logs RUN`, `status`, `apply`, ...).
 
 Services are imported only when asked for, so a runner install without Litestar works.
 """
@@ -11,6 +12,13 @@ import sys
 from collections.abc import Sequence
 from dataclasses import replace
 
+from cronbus.shared.client.commands import (
+    CLIENT_COMMANDS,
+    add_client_commands,
+    add_logs_client_arguments,
+    logs_command,
+    run_client,
+)
 from cronbus.shared.runtime import Service, serve
 from cronbus.shared.settings import (
     Settings,
@@ -21,10 +29,25 @@ from cronbus.shared.settings import (
 )
 
 SERVICES = ("scheduler", "runner", "logs", "api")
+# What `cronbus check` reads: the streams and the history database, as the logs service does.
+CHECK_SETTINGS = frozenset(
+    {"nats_url", "prefix", "database_url", "data_dir", "history_runs_per_job", "log_level", "instance_id"}
+)
 
 
 class ServiceNotInstalled(RuntimeError):
     pass
+
+
+def check_main(args: argparse.Namespace, settings: Settings) -> int:
+    """`cronbus check`, from the logs service's package."""
+    try:
+        from cronbus.logs.consistency import check_main as run_check
+    except ModuleNotFoundError as exc:
+        raise ServiceNotInstalled(
+            "cronbus check needs the logs service; install 'cronbus-logs' (or 'cronbus')"
+        ) from exc
+    return run_check(args, settings)
 
 
 def create_service(name: str, settings: Settings) -> Service:
@@ -67,22 +90,41 @@ def parser() -> argparse.ArgumentParser:
     for name, what in (
         ("scheduler", "keep schedules and dispatch due runs (hot standby unless it holds the lease)"),
         ("runner", "execute dispatched runs for --pools and stream their output"),
-        ("logs", "project events into the SQL history"),
+        ("logs", "project events into the SQL history (`cronbus logs RUN [-f]`: a run's output)"),
         ("api", "serve the REST API"),
     ):
         p = sub.add_parser(name, help=what, description=what)
         add_settings_arguments(p, only=settings_for(name))
+        if name == "logs":
+            add_logs_client_arguments(p)
+    check = sub.add_parser(
+        "check",
+        help="compare the SQL history with the streams (and --repair it); exit 1 when they differ",
+        description="Read JOBS, DISPATCH and RUNS and compare them with the SQL history: jobs "
+        "missing or at the wrong revision, runs missing or with another status. Exit 0 when they "
+        "agree, 1 when they do not, 2 when the check cannot run. See docs/history.md.",
+    )
+    check.add_argument("--json", action="store_true", help="print the report as JSON")
+    check.add_argument("--repair", action="store_true", help="rewrite differing rows from the streams")
+    add_settings_arguments(check, only=CHECK_SETTINGS)
+    add_client_commands(sub)
     return top
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.command in CLIENT_COMMANDS:
+        return run_client(args)
+    if args.command == "logs" and args.run:
+        return logs_command(args)
     try:
         if args.command == "up":
             from cronbus.shared.up import up_main
 
             return up_main(args)
         settings = build_settings(args)
+        if args.command == "check":
+            return check_main(args, settings)
         services = service_processes(args.command, settings)
     except (SettingsError, ServiceNotInstalled) as exc:
         print(f"cronbus: {exc}", file=sys.stderr)

@@ -1,0 +1,195 @@
+"""The `cronbus` command-line client against a real `cronbus up`: what a user types, what they see."""
+
+from __future__ import annotations
+
+import json
+import selectors
+import subprocess
+import sys
+import time
+import uuid
+
+import httpx
+import pytest
+
+from tests.cli.conftest import Stack
+from tests.support import wait_for_sync
+
+pytestmark = pytest.mark.slow
+
+NEVER = "0 0 1 1 *"  # once a year: these jobs run only when asked
+
+
+def unique(name: str) -> str:
+    return f"{name}-{uuid.uuid4().hex[:6]}"
+
+
+def api_get(stack: Stack, path: str) -> dict:
+    answer = httpx.get(
+        stack.api_url + path, headers={"Authorization": f"Bearer {stack.admin_key}"}, timeout=10
+    )
+    answer.raise_for_status()
+    return answer.json()
+
+
+def test_create_list_get_pause_resume_and_json(stack: Stack) -> None:
+    name = unique("backup")
+    created = stack.cli(
+        "jobs", "create", "--name", name, "--schedule", NEVER, "--command", "echo hi", "--json"
+    )
+    assert created.returncode == 0, created.stderr
+    job = json.loads(created.stdout)[0]
+    assert job["name"] == name and job["executor"]["command"] == "echo hi"
+
+    listed = stack.cli("jobs", "ls")
+    assert listed.returncode == 0 and name in listed.stdout and "NAME" in listed.stdout
+
+    by_name = json.loads(stack.cli("jobs", "get", name, "--json").stdout)
+    assert by_name["id"] == job["id"]
+
+    assert json.loads(stack.cli("jobs", "pause", name, "--json").stdout)["paused"] is True
+    assert json.loads(stack.cli("jobs", "resume", job["id"], "--json").stdout)["paused"] is False
+
+
+def test_a_problem_is_one_line_and_exit_code_1(stack: Stack) -> None:
+    bad = stack.cli(
+        "jobs", "create", "--name", unique("bad"), "--schedule", "61 * * * *", "--command", "true"
+    )
+    assert bad.returncode == 1
+    lines = bad.stderr.strip().splitlines()
+    assert len(lines) == 1 and "schedule" in lines[0] and "422" in lines[0], bad.stderr
+
+
+def test_no_url_or_key_is_a_usage_error(stack: Stack, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    lost = stack.cli("jobs", "ls", env=stack.env(CRONBUS_DATA_DIR=str(tmp_path)))
+    assert lost.returncode == 2 and "no API URL" in lost.stderr
+    wrong = stack.cli("jobs", "ls", env=stack.env(CRONBUS_KEY="cb_wrong"))
+    assert wrong.returncode == 1 and "401" in wrong.stderr
+
+
+def _read_until(proc: subprocess.Popen[str], needle: str, timeout: float) -> str:
+    """stdout of `proc` up to and including the line holding `needle` (fails after `timeout`)."""
+    assert proc.stdout is not None
+    selector = selectors.DefaultSelector()
+    selector.register(proc.stdout, selectors.EVENT_READ)
+    seen = ""
+    deadline = time.monotonic() + timeout
+    while needle not in seen:
+        left = deadline - time.monotonic()
+        assert left > 0, f"{needle!r} not in the output within {timeout}s: {seen!r}"
+        if selector.select(timeout=left):
+            line = proc.stdout.readline()
+            assert line, f"output ended before {needle!r}: {seen!r}"
+            seen += line
+    return seen
+
+
+def test_logs_follow_shows_a_line_while_the_run_is_still_going(stack: Stack) -> None:
+    name = unique("slow")
+    command = "echo first line; sleep 3; echo last line"
+    assert (
+        stack.cli("jobs", "create", "--name", name, "--schedule", NEVER, "--command", command).returncode == 0
+    )
+    run_id = stack.cli("jobs", "run", name).stdout.strip()
+    uuid.UUID(run_id)
+    follow = subprocess.Popen(
+        [sys.executable, "-m", "cronbus.shared.cli", "logs", run_id, "-f"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=stack.env(),
+    )  # fmt: skip
+    try:
+        _read_until(follow, "first line", timeout=30)
+        # The first line arrived while the job was still sleeping: the run has not finished.
+        assert api_get(stack, f"/v1/runs/{run_id}")["finished_at"] is None
+        assert follow.wait(timeout=30) == 0
+        assert "last line" in (follow.stdout.read() if follow.stdout else "")
+    finally:
+        follow.kill()
+        follow.wait()
+    # Without -f: the whole output, and `runs ls` lists the run.
+    assert stack.cli("logs", run_id).stdout == "first line\nlast line\n"
+    assert run_id in stack.cli("runs", "ls", name).stdout
+
+
+def test_logs_follow_exits_1_when_the_run_fails(stack: Stack) -> None:
+    name = unique("fails")
+    assert (
+        stack.cli(
+            "jobs", "create", "--name", name, "--schedule", NEVER, "--command", "echo oops; exit 3"
+        ).returncode
+        == 0
+    )
+    run_id = stack.cli("jobs", "run", name).stdout.strip()
+    followed = stack.cli("logs", run_id, "-f")
+    assert followed.returncode == 1 and "oops" in followed.stdout
+    shown = json.loads(stack.cli("runs", "get", run_id, "--json").stdout)
+    assert shown["status"] == "failed" and shown["exit_code"] == 3
+
+
+def test_apply_twice_changes_nothing_the_second_time_and_export_round_trips(stack: Stack, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    prefix = unique("m")
+    manifest = tmp_path / "jobs.yaml"
+    manifest.write_text(
+        f"""jobs:
+  - name: {prefix}-backup
+    schedule: "0 3 * * *"
+    timezone: Europe/Berlin
+    timeout: 10m
+    executor: {{type: shell, command: "pg_dump db > /backup/db.sql"}}
+    retries: {{max_attempts: 3, backoff: 30s}}
+  - name: {prefix}-ping
+    schedule: "@every 5m"
+    executor: {{type: http, url: "http://127.0.0.1:9/ping", headers: {{Authorization: "Bearer s3cret"}}}}
+    paused: true
+"""
+    )
+    first = stack.cli("apply", "-f", str(manifest))
+    assert first.returncode == 0, first.stderr
+    assert f"create  {prefix}-backup" in first.stdout and "2 change(s)" in first.stdout
+    second = stack.cli("apply", "-f", str(manifest))
+    assert second.returncode == 0, second.stderr
+    assert "0 change(s), 2 unchanged" in second.stdout, second.stdout
+
+    # A changed field is an update of that field only.
+    manifest.write_text(manifest.read_text().replace("timeout: 10m", "timeout: 20m"))
+    third = stack.cli("apply", "-f", str(manifest))
+    assert f"update  {prefix}-backup (timeout)" in third.stdout and "1 change(s)" in third.stdout, (
+        third.stdout
+    )
+
+    exported = tmp_path / "exported.yaml"
+    assert stack.cli("export", "-o", str(exported)).returncode == 0
+    again = stack.cli("apply", "-f", str(exported))
+    assert again.returncode == 0 and " 0 change(s)" in " " + again.stdout.splitlines()[-1], again.stdout
+
+
+def _manifest(name: str, second_field: str, second_schedule: str) -> str:
+    return f"""jobs:
+  - name: {name}-good
+    schedule: "0 3 * * *"
+    executor: {{type: shell, command: "true"}}
+  - name: {name}-bad
+    {second_field}: "{second_schedule}"
+    executor: {{type: shell, command: "true"}}
+"""
+
+
+def test_apply_with_a_typo_or_a_bad_job_changes_nothing(stack: Stack, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    name = unique("typo")
+    manifest = tmp_path / "jobs.yaml"
+    manifest.write_text(_manifest(name, "shedule", "0 3 * * *"))
+    typo = stack.cli("apply", "-f", str(manifest))
+    assert typo.returncode == 2 and "jobs[1].shedule" in typo.stderr, typo.stderr
+    # A manifest the server refuses (a bad schedule in the second job) changes nothing either.
+    manifest.write_text(_manifest(name, "schedule", "99 3 * * *"))
+    refused = stack.cli("apply", "-f", str(manifest))
+    assert refused.returncode == 1 and "[1].schedule" in refused.stderr, refused.stderr
+    assert name not in stack.cli("jobs", "ls", "--q", name).stdout
+
+
+def test_status_names_the_leader_and_runners(stack: Stack) -> None:
+    def shown() -> str | None:
+        out = stack.cli("status").stdout
+        return out if "scheduler leader" in out and "runner(s)" in out else None
+
+    out = wait_for_sync(shown, timeout=30, what="status with a leader")
+    assert "1 runner(s)" in out
