@@ -99,9 +99,6 @@ class TreeUsage:
         self.cpu_ms: float | None = None
         self.peak_rss_bytes: int | None = None
         self._root: psutil.Process | None = None
-        # A child's `ru_maxrss` never reads less than this: the kernel carries the runner's own
-        # peak across fork and exec into it (see `include`).
-        self._runner_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
     def sample(self) -> bool:
         """One look at the tree (blocking: reads /proc). False once the root is gone."""
@@ -150,7 +147,9 @@ class TreeUsage:
         cpu_ms = (usage.ru_utime + usage.ru_stime) * 1000.0
         self.cpu_ms = max(self.cpu_ms or 0.0, cpu_ms)
         maxrss = usage.ru_maxrss * 1024
-        if maxrss > self._runner_peak:
+        # The runner's peak now is at least what it was when the command was spawned.
+        runner_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        if maxrss > runner_peak:
             self.peak_rss_bytes = max(self.peak_rss_bytes or 0, maxrss)
 
 
