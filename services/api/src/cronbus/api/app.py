@@ -18,9 +18,10 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
+from litestar.types import Message, Scope
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from cronbus.api.auth import DOCS_PATH, AuthenticateFirst, KeyRing, authorize
+from cronbus.api.auth import DOCS_PATH, AuthenticateFirst, KeyRing, authorize, is_public
 from cronbus.api.body import JsonRequest
 from cronbus.api.controllers import (
     HealthController,
@@ -75,6 +76,7 @@ def create_app(
             "history": Provide(lambda: history, sync_to_thread=False),
         },
         guards=[authorize],
+        before_send=[_AllowEveryMethod()],
         request_class=JsonRequest,
         exception_handlers=EXCEPTION_HANDLERS,
         state=state,
@@ -100,7 +102,46 @@ def create_app(
     )
     # Authenticate before routing: without a valid key, every path answers 401 (not 404/405).
     app.asgi_handler = AuthenticateFirst(app.asgi_handler, key_ring, answer_exception)
+    _public_in_schema(app)
     return app
+
+
+def _public_in_schema(app: Litestar) -> None:
+    """The OpenAPI document says the public endpoints need no key (an empty requirement list
+    overrides the global one)."""
+    paths = app.openapi_schema.paths or {}
+    for path, item in paths.items():
+        if is_public(path):
+            for operation in (item.get, item.head, item.options):
+                if operation is not None:
+                    operation.security = []
+
+
+class _AllowEveryMethod:
+    """A before-send hook that makes the `Allow` of Litestar's automatic OPTIONS answers list
+    every method of the path (it lists only those of one handler group when several share it)."""
+
+    def __init__(self) -> None:
+        self._methods: dict[str, set[str]] | None = None
+
+    def _of(self, app: Litestar) -> dict[str, set[str]]:
+        if self._methods is None:
+            methods: dict[str, set[str]] = {}
+            for route in app.routes:
+                for handler in getattr(route, "route_handlers", []):
+                    for path in {route.path, route.path_format}:
+                        methods.setdefault(path, set()).update(handler.http_methods)
+            self._methods = methods
+        return self._methods
+
+    def __call__(self, message: Message, scope: Scope) -> None:
+        if message["type"] != "http.response.start" or scope.get("method") != "OPTIONS":
+            return
+        allowed = self._of(scope["litestar_app"]).get(str(scope.get("path_template", "")))
+        if allowed:
+            headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"allow"]
+            headers.append((b"allow", ", ".join(sorted(allowed)).encode()))
+            message["headers"] = headers
 
 
 async def _migrated(engine: AsyncEngine) -> bool:

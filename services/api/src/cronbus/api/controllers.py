@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
+from litestar.params import HeaderParameter, JSONBody, PathParameter, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 
@@ -39,8 +39,15 @@ from cronbus.api.validation import MAX_BATCH, JobsBody
 
 Limit = Annotated[int, QueryParameter(ge=1, le=200, description="items per page (1-200)")]
 PageCursor = Annotated[
-    str | None, QueryParameter(description="the `next` value of the previous page; omit for the first page")
+    str | None,
+    QueryParameter(
+        description="the `next` value of the previous page (opaque, base64url); omit for the first page",
+        schema_extra={"pattern": "^[A-Za-z0-9_-]+$"},
+    ),
 ]
+# Ids are UUIDs; the schema says so, and a malformed one still gets the API's own 422.
+JobId = Annotated[str, PathParameter(description="the job's id", format="uuid")]
+RunId = Annotated[str, PathParameter(description="the run's id", format="uuid")]
 IfMatch = Annotated[
     str | None,
     HeaderParameter(
@@ -160,7 +167,7 @@ class JobController(Controller):
     @get("/{job_id:str}", opt=VIEWER, responses=problems(403, 404, 422, 504), summary="Get a job")
     async def get_job(
         self,
-        job_id: FromPath[str],
+        job_id: JobId,
         jobs: NamedDependency[Jobs],
         revision: Annotated[
             int | None,
@@ -180,7 +187,7 @@ class JobController(Controller):
     async def update(
         self,
         request: Request[Any, Any, Any],
-        job_id: FromPath[str],
+        job_id: JobId,
         data: JSONBody[JobPatch],
         jobs: NamedDependency[Jobs],
         if_match: IfMatch = None,
@@ -198,7 +205,7 @@ class JobController(Controller):
     async def remove(
         self,
         request: Request[Any, Any, Any],
-        job_id: FromPath[str],
+        job_id: JobId,
         jobs: NamedDependency[Jobs],
         if_match: IfMatch = None,
     ) -> None:
@@ -212,7 +219,7 @@ class JobController(Controller):
         summary="Pause a job",
     )
     async def pause(
-        self, request: Request[Any, Any, Any], job_id: FromPath[str], jobs: NamedDependency[Jobs]
+        self, request: Request[Any, Any, Any], job_id: JobId, jobs: NamedDependency[Jobs]
     ) -> JobOut:
         return await jobs.pause(job_id, caller(request))
 
@@ -224,7 +231,7 @@ class JobController(Controller):
         summary="Resume a paused job",
     )
     async def resume(
-        self, request: Request[Any, Any, Any], job_id: FromPath[str], jobs: NamedDependency[Jobs]
+        self, request: Request[Any, Any, Any], job_id: JobId, jobs: NamedDependency[Jobs]
     ) -> JobOut:
         return await jobs.resume(job_id, caller(request))
 
@@ -235,7 +242,7 @@ class JobController(Controller):
         summary="A job's runs (newest first)",
     )
     async def runs(
-        self, job_id: FromPath[str], jobs: NamedDependency[Jobs], cursor: PageCursor = None, limit: Limit = 50
+        self, job_id: JobId, jobs: NamedDependency[Jobs], cursor: PageCursor = None, limit: Limit = 50
     ) -> RunPage:
         return await jobs.runs(job_id, cursor=cursor, limit=limit)
 
@@ -249,7 +256,7 @@ class JobController(Controller):
     async def run_now(
         self,
         request: Request[Any, Any, Any],
-        job_id: FromPath[str],
+        job_id: JobId,
         jobs: NamedDependency[Jobs],
         idempotency_key: RequestId = None,
     ) -> Response[RunAccepted]:
@@ -262,7 +269,7 @@ class RunController(Controller):
     tags = ["runs"]
 
     @get("/{run_id:str}", opt=VIEWER, responses=problems(403, 404, 422), summary="Get a run")
-    async def get_run(self, run_id: FromPath[str], runs: NamedDependency[Runs]) -> RunOut:
+    async def get_run(self, run_id: RunId, runs: NamedDependency[Runs]) -> RunOut:
         return await runs.get(run_id)
 
     @get(
@@ -274,7 +281,7 @@ class RunController(Controller):
     )
     async def log(
         self,
-        run_id: FromPath[str],
+        run_id: RunId,
         runs: NamedDependency[Runs],
         attempt: Annotated[
             int | None, QueryParameter(description="which attempt (default: the latest)")
@@ -289,7 +296,7 @@ class RunController(Controller):
         summary="A run's output, live (Server-Sent Events)",
     )
     async def stream(
-        self, request: Request[Any, Any, Any], run_id: FromPath[str], runs: NamedDependency[Runs]
+        self, request: Request[Any, Any, Any], run_id: RunId, runs: NamedDependency[Runs]
     ) -> ServerSentEvent:
         chunks = runs.tail(run_id, idle_timeout=_TAIL_POLL)
         stopping: asyncio.Event = request.app.state.stopping
@@ -303,7 +310,7 @@ class RunController(Controller):
         summary="Cancel a run",
     )
     async def cancel(
-        self, request: Request[Any, Any, Any], run_id: FromPath[str], runs: NamedDependency[Runs]
+        self, request: Request[Any, Any, Any], run_id: RunId, runs: NamedDependency[Runs]
     ) -> CancelRequested:
         return await runs.cancel(run_id, caller(request))
 

@@ -143,7 +143,11 @@ def _http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes
     if exc.status_code == 404 and detail == "Not Found":
         detail = f"no such endpoint {request.method} {request.url.path}; see /v1/openapi.json"
     problem = _problem(request, exc.status_code, slug, _title(exc.status_code), detail)
-    return problem_response(problem, headers=exc.headers)
+    headers = dict(exc.headers or {})
+    for name in [h for h in headers if h.lower() == "allow"]:
+        # The same order every time: Litestar joins a set.
+        headers[name] = ", ".join(sorted(m.strip() for m in headers[name].split(",")))
+    return problem_response(problem, headers=headers or None)
 
 
 def _title(status: int) -> str:

@@ -54,9 +54,9 @@ class Runs:
                 head = RunHead(identity=identity, last=None, last_seq=0)
         if head is None:
             projected = await self.history.projected_seq(Names.logs_consumer("dispatch"))
-            identity = await self.journal.find_dispatch(run_id, after_seq=projected)
-            if identity is not None:
-                head = RunHead(identity=identity, last=None, last_seq=0)
+            dispatched = await self.journal.find_dispatch(run_id, after_seq=projected)
+            if dispatched is not None:
+                head = RunHead(identity=dispatched, last=None, last_seq=0)
         if head is None:
             raise RunNotFound(run_id)
         await self.journal.cancel(head, by.name)
