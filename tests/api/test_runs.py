@@ -9,12 +9,28 @@ from typing import Any
 
 from sqlalchemy import insert
 
-from cronbus.shared.events import LogChunk, RunFinished, RunStarted, encode
+from cronbus.api.domain import Principal, Role
+from cronbus.api.history import History
+from cronbus.api.jobs import Jobs
+from cronbus.api.journal import Journal
+from cronbus.shared.bus import MSG_ID
+from cronbus.shared.events import (
+    LogChunk,
+    RunDispatched,
+    RunFinished,
+    RunStarted,
+    backfill_run,
+    decode_dispatch,
+    encode,
+    manual_run,
+    scheduled_run,
+    slot_ms,
+)
 from cronbus.shared.history.schema import log_chunks, run_attempts, runs
 from cronbus.shared.status import RunnerPresence, SchedulerStatus, encode_status
 from tests.api.conftest import Api
 from tests.api.test_jobs import create
-from tests.runner.support import final_outcome, run_events, running
+from tests.runner.support import final_outcome, read_subject, run_events, running
 from tests.support import wait_for
 
 T0 = datetime(2026, 3, 1, 3, 0, tzinfo=UTC)
@@ -269,3 +285,47 @@ async def test_cancel_stops_a_run_a_runner_holds(lite_api: Api) -> None:
         assert cancelled.status_code == 202, cancelled.text
         outcome = await final_outcome(api.bus.js, api.settings, run_id, timeout=20)
         assert outcome.status == "cancelled", outcome
+
+
+async def test_a_manual_run_in_a_scheduled_slots_millisecond_is_dispatched_too(lite_api: Api) -> None:
+    """A manual run asked for at the exact millisecond of a scheduled slot is a different run:
+    JetStream must not drop either dispatch as a duplicate of the other."""
+    api = lite_api
+    names = api.settings.names
+    job = await create(api, {"name": "every-minute", "schedule": "* * * * *", "executor": LONG["executor"]})
+    slot = datetime(2030, 1, 1, 0, 1, tzinfo=UTC)
+    spec = (await Journal(api.bus).head(job["id"])).state.spec  # type: ignore[union-attr]
+
+    # The scheduled slot, as the scheduler publishes it.
+    scheduled = scheduled_run(job["id"], slot_ms(slot))
+    event = RunDispatched(run_id=scheduled.run_id, job_id=job["id"], slot=slot, pool="default", spec=spec)
+    first = await api.bus.js.publish(
+        names.dispatch_subject("default", job["id"]), encode(event), headers={MSG_ID: scheduled.msg_id}
+    )
+    assert not first.duplicate
+
+    # A manual run whose clock reads that same millisecond, with and without a key.
+    jobs = Jobs(Journal(api.bus), History(api.engine), clock=lambda: slot)
+    operator = Principal(name="oncall", role=Role.operator)
+    manual = await jobs.run_now(job["id"], operator, request_id=None)
+    keyed = await jobs.run_now(job["id"], operator, request_id="deploy-42")
+    again = await jobs.run_now(job["id"], operator, request_id="deploy-42")
+    assert manual.slot == keyed.slot == slot
+    assert again.id == keyed.id
+
+    dispatched = [
+        decode_dispatch(raw)
+        for raw in await read_subject(
+            api.bus.js, names.dispatch_stream, names.dispatch_subject("default", job["id"])
+        )
+    ]
+    assert sorted(d.run_id for d in dispatched) == sorted([scheduled.run_id, manual.id, keyed.id])
+    assert {d.trigger for d in dispatched if d.run_id != scheduled.run_id} == {"manual"}
+    # Every kind of run gets its own ids, even for the same job and millisecond.
+    ids = [
+        scheduled,
+        manual_run(job["id"], None),
+        manual_run(job["id"], "k"),
+        backfill_run(job["id"], slot_ms(slot)),
+    ]
+    assert len({i.run_id for i in ids}) == len({i.msg_id for i in ids}) == len(ids)

@@ -7,9 +7,10 @@ readers keep working while writers evolve.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from datetime import UTC, datetime
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal, NamedTuple, TypeAlias
 
 import msgspec
 
@@ -35,14 +36,85 @@ def slot_ms(slot: datetime) -> int:
     return round(slot.timestamp() * 1000)
 
 
+# --- run identity ------------------------------------------------------------------------------
+#
+# Every run's id and the `Nats-Msg-Id` of its dispatch come from here, so no two kinds of run
+# can share an id: JetStream drops a second dispatch with a message id it has seen, which is
+# what makes a repeated dispatch of the same run harmless, and would silently lose a different
+# run that happened to get the same id. Message ids by kind:
+#
+#   scheduled (and caught-up) slot   <job_id>:<slot_ms>
+#   manual, with an Idempotency-Key  <job_id>:manual:<key>
+#   manual, without one              <job_id>:manual:<random run id>
+#   backfill of a slot               <job_id>:backfill:<slot_ms>
+#
+# Only a scheduled slot's id is digits after the job id, so no other kind can ever collide
+# with one, whatever the clock says.
+
+_RUN_NAMESPACE = RUN_NAMESPACE.bytes
+
+
+class RunIds(NamedTuple):
+    """A run's id and the message id its dispatch is published with."""
+
+    run_id: str
+    msg_id: str
+
+
+def _uuid_text(raw: bytes, version: int) -> str:
+    """RFC 4122 text of 16 bytes with the version and variant bits set (what `uuid.UUID` does,
+    without building one: at 10,000 dispatches a second the object is measurable)."""
+    octets = bytearray(raw[:16])
+    octets[6] = (octets[6] & 0x0F) | (version << 4)
+    octets[8] = (octets[8] & 0x3F) | 0x80
+    h = octets.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def _uuid5(name: str) -> str:
+    """`str(uuid.uuid5(RUN_NAMESPACE, name))`, cheaper."""
+    return _uuid_text(hashlib.sha1(_RUN_NAMESPACE + name.encode()).digest(), 5)
+
+
+def scheduled_run(job_id: str, slot_ms: int) -> RunIds:
+    """A scheduled slot (also when caught up later): the same on every replica and retry."""
+    key = scheduled_msg_id(job_id, slot_ms)
+    return RunIds(run_id=_uuid5(key), msg_id=key)
+
+
+def scheduled_run_id(job_id: str, slot_ms: int) -> str:
+    return _uuid5(scheduled_msg_id(job_id, slot_ms))
+
+
+def scheduled_msg_id(job_id: str, slot_ms: int) -> str:
+    """`scheduled_run(...).msg_id` alone (a takeover compares many of them with DISPATCH)."""
+    return f"{job_id}:{slot_ms}"
+
+
+def manual_run(job_id: str, request_key: str | None) -> RunIds:
+    """A run asked for by hand. The same `request_key` names the same run (a retried request
+    dispatches once); without one, every request is a new run."""
+    if request_key:
+        run_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"cronbus:manual:{job_id}:{request_key}"))
+        return RunIds(run_id=run_id, msg_id=f"{job_id}:manual:{request_key}")
+    run_id = str(uuid.uuid4())
+    return RunIds(run_id=run_id, msg_id=f"{job_id}:manual:{run_id}")
+
+
+def backfill_run(job_id: str, slot_ms: int) -> RunIds:
+    """A past slot run again on request: once per slot, apart from its scheduled run."""
+    key = f"{job_id}:backfill:{slot_ms}"
+    return RunIds(run_id=_uuid5(key), msg_id=key)
+
+
 def run_id_for(job_id: str, slot: datetime) -> str:
     """The run id of a scheduled slot: the same on every replica and every retry."""
-    return str(uuid.uuid5(RUN_NAMESPACE, f"{job_id}:{slot_ms(slot)}"))
+    return scheduled_run(job_id, slot_ms(slot)).run_id
 
 
 def dispatch_msg_id(job_id: str, slot: datetime) -> str:
     """`Nats-Msg-Id` of a slot's dispatch: JetStream drops a second publish of the same slot."""
-    return f"{job_id}:{slot_ms(slot)}"
+    return scheduled_run(job_id, slot_ms(slot)).msg_id
 
 
 # --- job specification (the wire form: durations in seconds) -------------------------------

@@ -37,9 +37,8 @@ from cronbus.shared.events import (
     JobResumed,
     JobUpdated,
     RunDispatched,
-    dispatch_msg_id,
     encode,
-    run_id_for,
+    manual_run,
 )
 
 Clock = Callable[[], datetime]
@@ -291,14 +290,10 @@ class Jobs:
         state = head.state
         assert state is not None
         now = self.clock()
-        # Slots are whole milliseconds everywhere (they become dispatch ids).
+        # Slots are whole milliseconds everywhere.
         slot = now.replace(microsecond=now.microsecond // 1000 * 1000)
-        run_id = run_id_for(state.id, slot)
-        msg_id = dispatch_msg_id(state.id, slot)
-        if request_id:
-            # A retried request must name the same run: derive both from the request id.
-            run_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"cronbus:manual:{state.id}:{request_id}"))
-            msg_id = f"{state.id}:manual:{request_id}"
+        # Never a scheduled slot's ids, even in the same millisecond (events.manual_run).
+        run_id, msg_id = manual_run(state.id, request_id)
         run = RunDispatched(
             run_id=run_id,
             job_id=state.id,

@@ -16,7 +16,6 @@ publishes so the connection writes (and the server stores) while the rest are st
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
 import time
@@ -29,7 +28,7 @@ from nats.js.api import PubAck
 
 from cronbus.scheduler.domain import Due, Fence, Job, msg_id_of
 from cronbus.shared.bus import MSG_ID
-from cronbus.shared.events import RUN_NAMESPACE, RunDispatched
+from cronbus.shared.events import RunDispatched, scheduled_run_id
 from cronbus.shared.names import Names
 from cronbus.shared.tracing import inject_headers, tracer
 
@@ -78,9 +77,6 @@ class Publisher(Protocol):
     ) -> asyncio.Future[PubAck]: ...
 
 
-_RUN_NAMESPACE = RUN_NAMESPACE.bytes
-
-
 def _uuid_text(raw: bytes, version: int) -> str:
     """RFC 4122 text of 16 bytes with the version and variant bits set (what `uuid.UUID` does,
     without building one: at 10,000 dispatches a second the object is measurable)."""
@@ -92,8 +88,8 @@ def _uuid_text(raw: bytes, version: int) -> str:
 
 
 def run_id_of(job_id: str, slot_ms: int) -> str:
-    """`events.run_id_for` from the slot in milliseconds: uuid5(RUN_NAMESPACE, job_id:slot_ms)."""
-    return _uuid_text(hashlib.sha1(_RUN_NAMESPACE + f"{job_id}:{slot_ms}".encode()).digest(), 5)
+    """The run id of a scheduled slot: `events.scheduled_run`, where every run identity is made."""
+    return scheduled_run_id(job_id, slot_ms)
 
 
 def event_id() -> str:

@@ -30,6 +30,7 @@ from cronbus.shared.events import (
     JobUpdated,
     ShellExecutor,
     Trigger,
+    scheduled_msg_id,
 )
 from cronbus.shared.schedule import Schedule, ScheduleError, jitter_for
 
@@ -83,9 +84,9 @@ def to_ms(instant: datetime) -> int:
 
 
 def msg_id_of(job_id: str, slot_ms: int) -> str:
-    """`events.dispatch_msg_id` of a slot kept in milliseconds, as the timetable keeps them
-    (without building a datetime per dispatch)."""
-    return f"{job_id}:{slot_ms}"
+    """The dispatch message id of a slot kept in milliseconds, as the timetable keeps them:
+    `events.scheduled_run`, where every run identity is made."""
+    return scheduled_msg_id(job_id, slot_ms)
 
 
 @dataclass(slots=True)
