@@ -435,7 +435,7 @@ def _is_interval(spec: JobSpec) -> bool:
 
 
 def anchored(spec: JobSpec, now: datetime, previous: JobSpec | None = None) -> JobSpec:
-    """`spec` with the anchor of its `@every` grid: the one it names, else `now` (to the second).
+    """`spec` with the anchor of its `@every` grid: the one it names, else `now` (to the ms).
 
     A job whose interval schedule ran on the epoch grid before anchors existed keeps that grid
     through its changes, so none of its slots moves.
@@ -444,7 +444,9 @@ def anchored(spec: JobSpec, now: datetime, previous: JobSpec | None = None) -> J
         return spec
     if previous is not None and previous.anchor is None and _is_interval(previous):
         return spec
-    return msgspec.structs.replace(spec, anchor=now.replace(microsecond=0))
+    # Milliseconds (slot identity's unit), not seconds: jobs created in one burst spread over
+    # the second instead of firing together.
+    return msgspec.structs.replace(spec, anchor=now.replace(microsecond=now.microsecond // 1000 * 1000))
 
 
 def next_fires(spec: JobSpec, now: datetime, n: int = NEXT_FIRES) -> list[datetime]:
