@@ -148,6 +148,8 @@ async def _ensure_bucket(js: JetStreamContext, config: KeyValueConfig) -> KeyVal
     if config.ttl and abs((status.ttl or 0) - config.ttl) > 0.001:
         info = await js.stream_info(f"KV_{config.bucket}")
         info.config.max_age = config.ttl
+        # The server refuses a dedupe window longer than the max age (a shorter TTL than before).
+        info.config.duplicate_window = min(info.config.duplicate_window or config.ttl, config.ttl)
         await js.update_stream(info.config)
     return kv
 
