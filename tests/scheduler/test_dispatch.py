@@ -20,6 +20,7 @@ from nats.js.errors import NoStreamResponseError
 from cronbus.scheduler.app import open_bus
 from cronbus.scheduler.dispatch import Dispatcher, encode_dispatch, run_id_of
 from cronbus.scheduler.domain import Due, Fence, Timetable, msg_id_of, to_ms, watermark_of
+from cronbus.scheduler.lease import Term
 from cronbus.scheduler.publish import AckedPublisher
 from cronbus.shared.bus import MSG_ID, Bus
 from cronbus.shared.events import JobCreated, RunDispatched, decode_dispatch, dispatch_msg_id, run_id_for
@@ -55,7 +56,7 @@ class StandInJetStream:
 
 
 def _setup(
-    script: list[str], fence_open: bool = True, connected: Callable[[], bool] | None = None
+    script: list[str], fence_open: bool = True, connection: Callable[[], int | None] = lambda: 0
 ) -> tuple[Dispatcher, StandInJetStream, Timetable]:
     js = StandInJetStream(script)
     fence = Fence(ttl=60.0, margin=1.0)
@@ -63,7 +64,8 @@ def _setup(
         fence.renewed(time.monotonic())
     table = Timetable()
     table.apply(JobCreated(job_id="a", revision=3, spec=spec("* * * * * *", pool="p")), SLOT.timestamp())
-    dispatcher = Dispatcher(js, Names("t"), "me", fence, publish_timeout=0.2, connected=connected)  # type: ignore[arg-type]
+    term = Term(fence, connection, revision=1)
+    dispatcher = Dispatcher(js, Names("t"), "me", term, publish_timeout=0.2)  # type: ignore[arg-type]
     return dispatcher, js, table
 
 
@@ -89,7 +91,7 @@ async def test_a_closed_fence_publishes_nothing() -> None:
     dispatcher, js, table = _setup([], fence_open=False)
     await dispatcher.submit(Due("a", to_ms(SLOT), SLOT.timestamp()), table.jobs["a"])
     assert js.attempts == []
-    assert dispatcher.fenced
+    assert dispatcher.ended
     # Given up, not published: the watermark stays below it.
     assert dispatcher.in_flight == 0
     assert dispatcher.abandoned == 1
@@ -190,16 +192,17 @@ async def test_slots_given_up_when_a_drain_times_out_hold_the_watermark_back() -
 
 
 async def test_a_dropped_connection_ends_the_term() -> None:
-    connected = [True]
-    dispatcher, js, table = _setup([], connected=lambda: connected[0])
+    epoch: list[int | None] = [0]
+    dispatcher, js, table = _setup([], connection=lambda: epoch[0])
     await dispatcher.submit(Due("a", to_ms(SLOT), SLOT.timestamp()), table.jobs["a"])
-    connected[0] = False
+    epoch[0] = None
     later = datetime.fromtimestamp(SLOT.timestamp() + 1, UTC)
     await dispatcher.submit(Due("a", to_ms(later), later.timestamp()), table.jobs["a"])
-    connected[0] = True
+    # Connected again, over a new connection: the term stays over.
+    epoch[0] = 1
     await dispatcher.drain(1.0)
     assert js.attempts == [dispatch_msg_id("a", SLOT)]
-    assert dispatcher.fenced
+    assert dispatcher.ended
     assert dispatcher.unfinished_slots_ms == [to_ms(later)]
 
 

@@ -15,9 +15,10 @@ import msgspec
 import pytest
 from nats.js.errors import KeyNotFoundError
 
-from cronbus.scheduler.app import STATUS_KEY, WATERMARK_KEY, SchedulerService, Watermark
+from cronbus.scheduler.app import STATUS_KEY, SchedulerService
 from cronbus.scheduler.feed import JobFeed
 from cronbus.scheduler.lease import LEASE_KEY
+from cronbus.scheduler.watermark import WATERMARK_KEY, Watermark
 from cronbus.shared.bus import Bus
 from cronbus.shared.events import (
     Catchup,

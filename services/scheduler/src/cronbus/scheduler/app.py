@@ -4,6 +4,9 @@ Every replica replays and follows JOBS (hot standby). The replica holding the le
 taking over it reads the watermark and recent DISPATCH history, queues what its predecessor
 left undone under each job's catch-up policy, and from then on pops due slots off the heap and
 publishes them. About once a second the leader persists the watermark and its status.
+
+Who may publish is decided in one place, the term (`lease.Term`); the watermark lives in
+`watermark.py`. This module wires them to the connection, the feed and the timetable.
 """
 
 from __future__ import annotations
@@ -16,8 +19,6 @@ from collections.abc import Coroutine
 from datetime import UTC, datetime
 from typing import Any
 
-import msgspec
-from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from cronbus.scheduler.dispatch import Dispatcher
@@ -31,8 +32,9 @@ from cronbus.scheduler.domain import (
 )
 from cronbus.scheduler.feed import JobFeed
 from cronbus.scheduler.history import dispatched_since
-from cronbus.scheduler.lease import Lease
+from cronbus.scheduler.lease import Lease, Term
 from cronbus.scheduler.publish import AckedPublisher
+from cronbus.scheduler.watermark import Start, failover_grace, read_watermark, write_watermark
 from cronbus.shared.bus import Bus
 from cronbus.shared.events import JobEvents
 from cronbus.shared.settings import Settings
@@ -41,7 +43,6 @@ from cronbus.shared.tracing import setup_tracing
 
 log = logging.getLogger(__name__)
 
-WATERMARK_KEY = "watermark"
 STATUS_KEY = "status"
 # How often the leader persists the watermark and its status.
 STATE_INTERVAL = 1.0
@@ -57,14 +58,9 @@ async def open_bus(settings: Settings, stopping: asyncio.Event) -> Bus | None:
     return await Bus.open_when_ready(settings, "scheduler", stopping, **CONNECT_OPTIONS)
 
 
-class Watermark(msgspec.Struct, kw_only=True):
-    """Every slot at or before `at` is dispatched (or deliberately skipped)."""
-
-    at: datetime
-    leader: str = ""
-
-
-_watermark_decoder = msgspec.json.Decoder(Watermark)
+def connection_epoch(bus: Bus) -> int | None:
+    """Which connection to NATS this is (its reconnect count); None while disconnected."""
+    return bus.nc.stats["reconnects"] if bus.nc.is_connected else None
 
 
 class SchedulerService:
@@ -77,14 +73,19 @@ class SchedulerService:
         self.fence = Fence(ttl=settings.lease_ttl, margin=settings.lease_margin)
         # Standbys try to take the lease this often; failover is about TTL + this.
         self.poll_interval = min(0.25, settings.lease_renew)
+        # Set while a term runs (for waiting on it); whether a dispatch may go out is the
+        # term's answer alone.
         self.leading = asyncio.Event()
         self._wake = asyncio.Event()
         self._dispatcher: Dispatcher | None = None
         self._processed_until = 0.0
         self._lease: Lease | None = None
         self._publisher: AckedPublisher | None = None
-        # The connection's reconnect count when this term began (see `_connection_interrupted`).
-        self._term_reconnects = 0
+
+    @property
+    def term(self) -> Term | None:
+        """The current or last term of primacy."""
+        return self._dispatcher.term if self._dispatcher is not None else None
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -110,7 +111,7 @@ class SchedulerService:
                 tasks.append(asyncio.create_task(coro, name=f"scheduler-{name}"))
 
             spawn(feed.run(stopping), "feed")
-            spawn(self._primacy(bus, feed, stopping), "primacy")
+            spawn(self._primacy(bus, state_kv, feed, stopping), "primacy")
             spawn(self._dispatch_loop(stopping), "dispatch")
             spawn(self._state_loop(state_kv, stopping), "state")
             await self._until(feed.caught_up, stopping, tasks)
@@ -143,8 +144,10 @@ class SchedulerService:
                 # the next leader decides about them.
                 log.warning("%d slots not dispatched; watermark left where it was", dispatcher.abandoned)
             elif state_kv is not None and self.fence.allows(time.monotonic()):
+                # The term ended with the drain and published nothing more; the lease is still
+                # ours, so the watermark of what it confirmed is ours to write.
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(self._write_state(state_kv), timeout=1.0)
+                    await asyncio.wait_for(self._write_state(state_kv, stopped=True), timeout=1.0)
         if self._lease is not None:
             await self._lease.release()
         if self._publisher is not None:
@@ -163,94 +166,100 @@ class SchedulerService:
 
     # --- primacy ----------------------------------------------------------------------------
 
-    async def _primacy(self, bus: Bus, feed: JobFeed, stopping: asyncio.Event) -> None:
-        """Acquire the lease when free, renew it while held, take over and step down."""
+    async def _primacy(self, bus: Bus, state_kv: KeyValue, feed: JobFeed, stopping: asyncio.Event) -> None:
+        """Acquire the lease when free, renew it while held, begin and end terms."""
         lease = self._lease
         assert lease is not None
         while not stopping.is_set():
             try:
                 if not lease.held:
                     if feed.caught_up.is_set() and await lease.acquire():
-                        await self._take_over(bus)
+                        await self._take_over(bus, state_kv)
                         continue
                     interval = self.poll_interval
                 else:
                     if not await lease.renew():
                         self._step_down()
                     elif not self.leading.is_set() and bus.nc.is_connected:
-                        # The term ended with a disconnect and the lease is ours, confirmed over
-                        # the new connection: a new term, from the watermark and DISPATCH.
-                        await self._take_over(bus)
+                        # The last term ended while the lease stayed ours (its connection was
+                        # replaced, its window stayed full): a new term, from the watermark and
+                        # DISPATCH.
+                        await self._take_over(bus, state_kv)
                         continue
                     interval = self.settings.lease_renew
             except Exception as exc:
                 log.warning("lease %s: %r", "renewal" if lease.held else "acquisition", exc)
                 interval = min(self.poll_interval, self.settings.lease_renew)
-            if lease.held and self.leading.is_set() and self._connection_interrupted(bus):
-                # Publishes of this term may be lost with the old connection: the term is over.
-                # The lease is kept; a renewal confirmed after the reconnect starts a new term.
-                log.warning("connection to NATS interrupted: this term is over")
+            term = self.term
+            if self.leading.is_set() and term is not None and not term.may_publish(time.monotonic()):
                 self._step_down()
-            elif lease.held and (
-                not self.fence.allows(time.monotonic())
-                or (self.leading.is_set() and self._dispatcher is not None and self._dispatcher.fenced)
-            ):
-                # Renewals failed until the fence closed: this term is over. The key expires
-                # with its TTL and whoever takes it next (perhaps us) starts from the watermark.
+            if lease.held and not self.fence.allows(time.monotonic()):
+                # Renewals failed until the fence closed. The key expires with its TTL and
+                # whoever takes it next (perhaps us) starts from the watermark.
                 lease.lose("no renewal confirmed before the fence closed")
                 self._step_down()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), timeout=interval)
 
-    async def _take_over(self, bus: Bus) -> None:
+    async def _take_over(self, bus: Bus, state_kv: KeyValue) -> None:
+        """Begin a term: read where the last one stopped and queue what it left owed. The term
+        starts on the connection it reads DISPATCH over; if that connection is replaced or the
+        fence closes before the takeover is done, the term is over before it began."""
         lease = self._lease
         assert lease is not None
         started = time.monotonic()
-        self._term_reconnects = bus.nc.stats["reconnects"]
+        term = Term(self.fence, lambda: connection_epoch(bus), revision=lease.revision)
+        deadline = self.fence.deadline
         try:
-            watermark = await self._read_watermark(bus)
-            now = time.time()
-            if watermark is None:
-                # A fresh installation: nothing was ever due. Persist that at once, so a
-                # successor of a leader that dies in its first second starts from here.
-                watermark = now
-                await self._put_watermark(bus, watermark)
-            dispatched = await dispatched_since(
-                bus.js,
-                self.settings.names,
-                to_datetime(watermark - HISTORY_MARGIN),
-                timeout=max(0.2, self.settings.lease_ttl - self.settings.lease_margin),
+            # Nothing renews the lease while the takeover reads: it must be done before the
+            # fence closes.
+            start, dispatched = await asyncio.wait_for(
+                self._read_start(bus, state_kv), timeout=max(0.1, (deadline or started) - started)
             )
         except Exception as exc:
             log.warning("takeover failed (%r); giving the lease back", exc)
             await lease.release()
             return
+        if not term.may_publish(time.monotonic()):
+            log.warning("takeover outlived its term (%s); giving the lease back", term.why)
+            await lease.release()
+            return
         now = time.time()
+        grace = failover_grace(start, now, self.timetable.grace)
         assert self._publisher is not None
-        self._dispatcher = Dispatcher(
-            self._publisher,
-            self.settings.names,
-            self.settings.instance_id,
-            self.fence,
-            connected=lambda: not self._connection_interrupted(bus),
+        self._dispatcher = Dispatcher(self._publisher, self.settings.names, self.settings.instance_id, term)
+        self._processed_until = start.at
+        queued = self.timetable.lead(
+            start.at, now, dispatched, settled_before=start.at - HISTORY_MARGIN, grace=grace
         )
-        self._processed_until = watermark
-        queued = self.timetable.lead(watermark, now, dispatched, settled_before=watermark - HISTORY_MARGIN)
         self.leading.set()
         self._wake.set()
         log.info(
             "leading (lease revision %s): watermark %s, %d already dispatched since, %d slots to catch up, "
-            "takeover took %.0f ms",
+            "slots late by up to %.1fs dispatched as scheduled, takeover took %.0f ms",
             lease.revision,
-            to_datetime(watermark).isoformat(),
+            to_datetime(start.at).isoformat(),
             len(dispatched),
             queued,
+            grace,
             (time.monotonic() - started) * 1000,
         )
 
-    def _connection_interrupted(self, bus: Bus) -> bool:
-        """Whether the connection is down or was re-established since this term began."""
-        return not bus.nc.is_connected or bus.nc.stats["reconnects"] != self._term_reconnects
+    async def _read_start(self, bus: Bus, state_kv: KeyValue) -> tuple[Start, set[str]]:
+        """The watermark (written now on a fresh installation: a successor of a leader that dies
+        in its first second starts from here) and the slots dispatched since a little before it."""
+        start = await read_watermark(state_kv)
+        if start is None:
+            now = time.time()
+            start = Start(at=now, written=now)
+            await write_watermark(state_kv, now, leader=self.settings.instance_id, now=now)
+        dispatched = await dispatched_since(
+            bus.js,
+            self.settings.names,
+            to_datetime(start.at - HISTORY_MARGIN),
+            timeout=max(0.2, self.settings.lease_ttl - self.settings.lease_margin),
+        )
+        return start, dispatched
 
     def _step_down(self) -> None:
         if self.leading.is_set() or self.timetable.leading:
@@ -260,25 +269,6 @@ class SchedulerService:
         if self._dispatcher is not None:
             self._dispatcher.end_term()
         self._wake.set()
-
-    async def _put_watermark(self, bus: Bus, watermark: float) -> None:
-        kv = await bus.js.key_value(self.settings.names.scheduler_bucket)
-        value = Watermark(at=to_datetime(watermark), leader=self.settings.instance_id)
-        await kv.put(WATERMARK_KEY, msgspec.json.encode(value))
-
-    async def _read_watermark(self, bus: Bus) -> float | None:
-        kv = await bus.js.key_value(self.settings.names.scheduler_bucket)
-        try:
-            entry = await kv.get(WATERMARK_KEY)
-        except KeyNotFoundError:
-            return None
-        if not entry.value:
-            return None
-        try:
-            return _watermark_decoder.decode(entry.value).at.timestamp()
-        except msgspec.DecodeError:
-            log.error("unreadable watermark %r: treating it as absent", entry.value[:100])
-            return None
 
     # --- dispatch ---------------------------------------------------------------------------
 
@@ -305,10 +295,10 @@ class SchedulerService:
                 await dispatcher.submit_all(batch)
             except TimeoutError:
                 log.error("dispatch window stayed full; due slots left to the next term")
-                dispatcher.fenced = True
+                dispatcher.end_term("the dispatch window stayed full")
             nxt = self.timetable.next_fire_at()
-            if not dispatcher.fenced:
-                # A fenced term may have dropped popped slots: its watermark stays before them,
+            if not dispatcher.ended:
+                # An ended term may have dropped popped slots: its watermark stays before them,
                 # so the next leader starts there.
                 self._processed_until = now if nxt is None or nxt > now else min(now, nxt - 0.001)
             delay = 0.5 if nxt is None else max(0.0, min(0.5, nxt - time.time()))
@@ -323,14 +313,17 @@ class SchedulerService:
         while not stopping.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), timeout=STATE_INTERVAL)
-            if stopping.is_set() or not self.leading.is_set() or not self.fence.allows(time.monotonic()):
+            term = self.term
+            if stopping.is_set() or not self.leading.is_set() or term is None:
+                continue
+            if not term.may_publish(time.monotonic()):
                 continue
             try:
                 await asyncio.wait_for(self._write_state(kv), timeout=STATE_INTERVAL)
             except Exception as exc:
                 log.warning("writing watermark/status failed: %r", exc)
 
-    async def _write_state(self, kv: KeyValue) -> None:
+    async def _write_state(self, kv: KeyValue, *, stopped: bool = False) -> None:
         dispatcher = self._dispatcher
         assert dispatcher is not None
         unfinished = dispatcher.unfinished_slots_ms
@@ -338,7 +331,9 @@ class SchedulerService:
             unfinished.append(queued)
         watermark = watermark_of(self._processed_until, unfinished, self.timetable.max_jitter)
         when = to_datetime(watermark)
-        await kv.put(WATERMARK_KEY, msgspec.json.encode(Watermark(at=when, leader=self.settings.instance_id)))
+        await write_watermark(
+            kv, watermark, leader=self.settings.instance_id, now=time.time(), stopped=stopped
+        )
         lease = self._lease
         status = SchedulerStatus(
             leader=self.settings.instance_id,

@@ -1,9 +1,9 @@
 """Publishing due slots to DISPATCH: bounded in flight, fenced, idempotent.
 
 Each slot is published with `Nats-Msg-Id = <job_id>:<slot_ms>` (`events.dispatch_msg_id`), so
-a repeat of the same slot (a retry, a takeover race) is dropped by JetStream. The fence is
-checked right before every publish: a replica whose lease may have expired, or whose
-connection dropped during its term, publishes nothing.
+a repeat of the same slot (a retry, a takeover race) is dropped by JetStream. The term
+(`lease.Term`) is asked right before every publish: once the lease may have expired, or the
+connection dropped during the term, nothing more goes out.
 
 Publishes are asynchronous (`publish_async`): a burst of due slots leaves in a few large
 writes and their acknowledgements are handled as they come, each bounded by a timeout after
@@ -26,7 +26,8 @@ from typing import Any, Protocol
 import msgspec
 from nats.js.api import PubAck
 
-from cronbus.scheduler.domain import Due, Fence, Job, msg_id_of
+from cronbus.scheduler.domain import Due, Job, msg_id_of
+from cronbus.scheduler.lease import Term
 from cronbus.shared.bus import MSG_ID
 from cronbus.shared.events import RunDispatched, scheduled_run_id
 from cronbus.shared.names import Names
@@ -121,30 +122,27 @@ def encode_dispatch(
 
 
 class Dispatcher:
-    """Publishes slots with at most `max_in_flight` publishes awaiting their acks."""
+    """Publishes the slots of one term with at most `max_in_flight` publishes awaiting their
+    acks."""
 
     def __init__(
         self,
         js: Publisher,
         names: Names,
         scheduler: str,
-        fence: Fence,
+        term: Term,
         *,
         max_in_flight: int = 4000,
         publish_timeout: float = 2.0,
         clock: Callable[[], float] = time.time,
-        connected: Callable[[], bool] | None = None,
     ) -> None:
         self._js = js
         self._names = names
         self._scheduler = scheduler
-        self._fence = fence
+        self.term = term
         self._room = asyncio.Semaphore(max_in_flight)
         self._publish_timeout = publish_timeout
         self._clock = clock
-        # False once the connection this term publishes on dropped: like a closed fence, it
-        # ends the term (publishes of the old connection may be lost).
-        self._connected = connected
         # Retries waiting for their backoff.
         self._retries: set[asyncio.Task[None]] = set()
         # (job_id, slot_ms) -> slot_ms of slots taken from the heap whose publish is not confirmed.
@@ -161,8 +159,11 @@ class Dispatcher:
         self.dispatched_total = 0
         self.duplicates = 0
         self.last_lateness_ms = 0.0
-        # Set when a slot was given up because the fence closed: this term of primacy is over.
-        self.fenced = False
+
+    @property
+    def ended(self) -> bool:
+        """This term is over: nothing more is published, slots still owed are given up."""
+        return self.term.ended
 
     @property
     def unfinished_slots_ms(self) -> list[int]:
@@ -187,8 +188,8 @@ class Dispatcher:
             span.set_attribute("cronbus.dispatches", len(batch))
             trace = inject_headers()
             for i, (due, job) in enumerate(batch, 1):
-                if self.fenced:
-                    log.warning("%d due slots not dispatched: lease fenced", len(batch) - i + 1)
+                if self.term.ended:
+                    log.warning("%d due slots left to the next term: %s", len(batch) - i + 1, self.term.why)
                     return
                 await self.submit(due, job, trace=trace)
                 if i % YIELD_EVERY == 0:
@@ -216,13 +217,8 @@ class Dispatcher:
             self._idle.set()
 
     async def _send(self, due: Due, job: Job, attempt: int, trace: dict[str, str]) -> None:
-        if (
-            self.fenced
-            or not self._fence.allows(time.monotonic())
-            or (self._connected is not None and not self._connected())
-        ):
-            self.fenced = True
-            log.warning("slot %s of job %s not dispatched: term over", due.slot.isoformat(), job.job_id)
+        if not self.term.may_publish(time.monotonic()):
+            log.info("slot %s of job %s left to the next term", due.slot.isoformat(), job.job_id)
             self._finish(due, abandoned=True)
             return
         payload, lateness_ms = encode_dispatch(
@@ -286,7 +282,7 @@ class Dispatcher:
             attempt,
             exc,
         )
-        if self.fenced:
+        if self.term.ended:
             self._finish(due, abandoned=True)
             return
         task = asyncio.get_running_loop().create_task(self._retry(due, job, attempt + 1, trace))
@@ -301,10 +297,10 @@ class Dispatcher:
             self._finish(due, abandoned=True)
             raise
 
-    def end_term(self) -> None:
-        """This term of primacy is over: publish nothing more, even if a later term reopens the
-        fence (its own takeover decides about these slots)."""
-        self.fenced = True
+    def end_term(self, why: str = "stepped down") -> None:
+        """This term of primacy is over: publish nothing more, even if the lease outlives it
+        (the next term's takeover decides about these slots)."""
+        self.term.end(why)
         for task in self._retries:
             task.cancel()
 
@@ -314,6 +310,6 @@ class Dispatcher:
             await asyncio.wait_for(self._idle.wait(), timeout=timeout)
         except TimeoutError:
             log.warning("%d dispatches still unconfirmed after %.1fs", len(self._unfinished), timeout)
-        self.end_term()
+        self.end_term("stopping")
         if self._retries:
             await asyncio.wait(set(self._retries), timeout=1.0)

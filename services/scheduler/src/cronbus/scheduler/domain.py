@@ -574,7 +574,16 @@ class Timetable:
             self._changes += 1
         return list(found)
 
-    def owed(self, job: Job, *, after: float, until: float, now: float, settled_before: float) -> list[Due]:
+    def owed(
+        self,
+        job: Job,
+        *,
+        after: float,
+        until: float,
+        now: float,
+        settled_before: float,
+        grace: float | None = None,
+    ) -> list[Due]:
         """The slots of `job`'s kept states in (after, until] that are still owed at `now`, each
         decided by the state in effect at its nominal time.
 
@@ -586,9 +595,12 @@ class Timetable:
           whether the leader that saw the resume or its successor computes it. Resumes at or
           before `settled_before` were settled by an earlier leader.
         * Slots of a pause still going on: none (the resume decides).
+
+        `grace` (default: the table's) is how late a slot may be and still count as ordinary.
         """
+        grace = self.grace if grace is None else grace
         states = job.history()
-        lower = now - max(job.catchup_window, self.grace)
+        lower = now - max(job.catchup_window, grace)
         late: list[tuple[float, tuple[Job, datetime]]] = []
         out: list[Due] = []
         i = 0
@@ -622,19 +634,27 @@ class Timetable:
                     out.append(self._due(state_of, slot, trigger))
             i = j
         for (state_of, slot), trigger in triage(
-            late, now, policy=job.catchup, window=job.catchup_window, grace=self.grace
+            late, now, policy=job.catchup, window=job.catchup_window, grace=grace
         ):
             out.append(self._due(state_of, slot, trigger))
         return out
 
     def lead(
-        self, watermark: float, now: float, dispatched: set[str], *, settled_before: float | None = None
+        self,
+        watermark: float,
+        now: float,
+        dispatched: set[str],
+        *,
+        settled_before: float | None = None,
+        grace: float | None = None,
     ) -> int:
         """Take over: queue every job's slots after `watermark` that are still owed (see `owed`),
         minus those already in DISPATCH (`dispatched` holds their `Nats-Msg-Id`s), and plan each
         job's next slot after `now`. Resumes at or before `settled_before` (default: the
-        watermark less HISTORY_MARGIN) were settled by the previous leader. Returns how many
-        slots were queued."""
+        watermark less HISTORY_MARGIN) were settled by the previous leader. `grace` (default:
+        the table's) is how late a slot may be and still be dispatched as scheduled: a takeover
+        after a failover stretches it over the failover. Returns how many slots were queued."""
+        grace = self.grace if grace is None else grace
         if settled_before is None:
             settled_before = watermark - HISTORY_MARGIN
         self.leading = True
@@ -644,11 +664,13 @@ class Timetable:
         for job in self.jobs.values():
             job.generation += 1
             if job.earlier is not None:
-                job.forget_before(now - max(job.catchup_window, self.grace) - HISTORY_MARGIN)
+                job.forget_before(now - max(job.catchup_window, grace) - HISTORY_MARGIN)
             if job.earlier is None and job.paused_at is None:
-                owed = self._catch_up(job, max(watermark, min(job.since, now)), now, grace=self.grace)
+                owed = self._catch_up(job, max(watermark, min(job.since, now)), now, grace=grace)
             else:
-                owed = self.owed(job, after=watermark, until=now, now=now, settled_before=settled_before)
+                owed = self.owed(
+                    job, after=watermark, until=now, now=now, settled_before=settled_before, grace=grace
+                )
             # A plain loop: a generator per job, allocated between the heap entries that stay,
             # fragmented the allocator's pools by ~1.3 MiB of RSS per 100k jobs.
             for d in owed:

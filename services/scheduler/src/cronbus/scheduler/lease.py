@@ -4,6 +4,10 @@ Acquired with `create` (fails while someone holds it), renewed with a revision-c
 `update` (fails once someone else took it), released on a clean stop with a revision-checked
 `delete` so a standby takes over at once. The bucket's TTL expires the key of a holder that
 stopped renewing; the holder fences itself before that (see `domain.Fence`).
+
+`Term` is the one answer to "may I publish?": a term of primacy begins with a takeover and
+ends for good when the fence closes, the lease is lost or given up, or the connection it
+began on drops. Nothing else decides whether a dispatch goes out.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
@@ -96,3 +101,43 @@ class Lease:
             log.info("lease released (revision %d)", revision)
         except Exception as exc:
             log.warning("lease release failed (%s); it expires with its TTL", exc)
+
+
+class Term:
+    """One term of primacy: from a takeover until the first of
+
+    * the fence closed: no renewal confirmed in time (the lease may expire on the server), or
+      the lease lost or released (both revoke the fence);
+    * the NATS connection the term began on dropped or was replaced (`connection()` returns
+      another epoch, or None while disconnected): publishes of the old connection may be lost
+      unacknowledged, so the term's account of what it dispatched is no longer whole;
+    * `end()`, e.g. a stop or a dispatch window that stayed full.
+
+    A term never reopens: the lease may outlive it, and the next term starts with its own
+    takeover (from the watermark and DISPATCH)."""
+
+    def __init__(self, fence: Fence, connection: Callable[[], int | None], *, revision: int | None) -> None:
+        self._fence = fence
+        self._connection = connection
+        self.revision = revision
+        self.epoch = connection()
+        self.ended = False
+        self.why = ""
+        if self.epoch is None:
+            self.end("not connected to NATS")
+
+    def may_publish(self, now: float) -> bool:
+        """Whether a dispatch may go out at monotonic time `now`; the first False ends the term."""
+        if self.ended:
+            return False
+        if not self._fence.allows(now):
+            self.end("no renewal confirmed before the fence closed")
+        elif self._connection() != self.epoch:
+            self.end("the connection to NATS was interrupted")
+        return not self.ended
+
+    def end(self, why: str) -> None:
+        if not self.ended:
+            log.warning("term of lease revision %s over: %s", self.revision, why)
+            self.ended = True
+            self.why = why
