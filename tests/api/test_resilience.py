@@ -224,6 +224,7 @@ async def test_nats_outage_answers_503_with_retry_after(lite_api: Api, nats_serv
         ("POST", f"{url}/runs", None),
         ("DELETE", url, None),
         ("GET", "/v1/status", None),
+        ("GET", f"/v1/runs/{uuid.uuid4()}/log/stream", None),
         ("POST", f"/v1/runs/{uuid.uuid4()}/cancel", None),
     ]
     for method, path, body in requests:

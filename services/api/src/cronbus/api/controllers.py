@@ -299,8 +299,14 @@ class RunController(Controller):
         self, request: Request[Any, Any, Any], run_id: RunId, runs: NamedDependency[Runs]
     ) -> ServerSentEvent:
         chunks = runs.tail(run_id, idle_timeout=_TAIL_POLL)
+        # The first step subscribes to the streams: take it before answering, so that NATS
+        # being down is a 503 rather than a stream that breaks after its 200.
+        try:
+            first = [await anext(chunks)]
+        except StopAsyncIteration:
+            first = []
         stopping: asyncio.Event = request.app.state.stopping
-        return ServerSentEvent(_events(chunks, stopping))
+        return ServerSentEvent(_events(_resumed(first, chunks), stopping))
 
     @post(
         "/{run_id:str}/cancel",
@@ -313,6 +319,19 @@ class RunController(Controller):
         self, request: Request[Any, Any, Any], run_id: RunId, runs: NamedDependency[Runs]
     ) -> CancelRequested:
         return await runs.cancel(run_id, caller(request))
+
+
+async def _resumed(taken: list[Any], rest: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """`rest` with the items already taken from it in front."""
+    try:
+        for item in taken:
+            yield item
+        async for item in rest:
+            yield item
+    finally:
+        aclose = getattr(rest, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 async def _events(

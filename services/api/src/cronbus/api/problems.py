@@ -239,11 +239,22 @@ def outage(exc: BaseException) -> str | None:
     ):
         return "the history database" if any(_database_down(c) or _network_down(c) for c in causes) else None
     if any(_network_down(c) for c in causes):
-        # A bare socket error: the database driver (asyncpg connects outside SQLAlchemy's
-        # wrapping) or NATS; the database is the one that raises these unwrapped.
-        return (
-            "NATS" if any(type(c).__module__.startswith("nats") for c in causes) else "the history database"
-        )
+        # A bare socket error or timeout (asyncpg connects outside SQLAlchemy's wrapping): the
+        # code it was raised in says which connection it was.
+        return _raised_in(causes) or "NATS or the history database"
+    return None
+
+
+def _raised_in(causes: list[BaseException]) -> str | None:
+    for cause in causes:
+        tb = cause.__traceback__
+        while tb is not None:
+            module = str(tb.tb_frame.f_globals.get("__name__", ""))
+            if module.startswith(("asyncpg", "sqlalchemy", "aiosqlite", "cronbus.api.history")):
+                return "the history database"
+            if module.startswith(("nats", "cronbus.api.journal")):
+                return "NATS"
+            tb = tb.tb_next
     return None
 
 
