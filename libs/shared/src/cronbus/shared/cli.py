@@ -31,7 +31,7 @@ from cronbus.shared.settings import (
 SERVICES = ("scheduler", "runner", "logs", "api")
 # What `cronbus check` reads: the streams and the history database, as the logs service does.
 CHECK_SETTINGS = frozenset(
-    {"nats_url", "prefix", "database_url", "data_dir", "history_runs_per_job", "log_level", "instance_id"}
+    {"nats_url", "prefix", "database_url", "data_dir", "history_runs_per_job", "log_level"}
 )
 
 

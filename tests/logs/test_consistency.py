@@ -1,0 +1,165 @@
+"""`cronbus check`: SQL made to disagree with the streams is reported, `--repair` fixes it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import delete, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from cronbus.logs.consistency import compare
+from cronbus.shared.bus import Bus
+from cronbus.shared.cli import main
+from cronbus.shared.events import Event, JobUpdated, LogChunk, run_id_for
+from cronbus.shared.history.schema import jobs, projector_positions, run_attempts, runs
+from cronbus.shared.settings import Settings
+from tests.logs.harness import T0, job_created, publish, rows, run_events, running_logs, snapshot, spec
+from tests.support import wait_for
+
+
+def _history() -> list[Event]:
+    events: list[Event] = [job_created(f"job-{j}") for j in range(3)]
+    events.append(JobUpdated(job_id="job-0", revision=2, spec=spec("renamed"), occurred_at=T0))
+    for r in range(6):
+        events += [
+            e for e in run_events(f"job-{r % 3}", T0 + timedelta(minutes=r)) if not isinstance(e, LogChunk)
+        ]
+    return events
+
+
+async def _projected(history_settings: Settings, bus: Bus, history: AsyncEngine) -> None:
+    n = history_settings.names
+    want = {
+        "logs-jobs": (await bus.js.stream_info(n.jobs_stream)).state.last_seq,
+        "logs-runs": (await bus.js.stream_info(n.runs_stream)).state.last_seq,
+        "logs-dispatch": (await bus.js.stream_info(n.dispatch_stream)).state.last_seq,
+    }
+
+    async def at_end() -> bool:
+        found = {p["consumer"]: p["stream_seq"] for p in await rows(history, projector_positions)}
+        return all(found.get(c, 0) >= seq for c, seq in want.items())
+
+    async with running_logs(history_settings):
+        await wait_for(at_end, timeout=20, what="projectors at the streams' ends")
+
+
+def _cli(settings: Settings, *extra: str) -> list[str]:
+    return [
+        "check",
+        "--nats-url", settings.nats_url,
+        "--database-url", settings.database_url,
+        "--prefix", settings.prefix,
+        *extra,
+    ]  # fmt: skip
+
+
+async def test_check_reports_differences_and_repair_fixes_them(
+    history_settings: Settings, bus: Bus, history: AsyncEngine, capsys: pytest.CaptureFixture[str]
+):
+    s = history_settings
+    await publish(bus, s, *_history())
+    await _projected(s, bus, history)
+    before = await snapshot(history)
+
+    report = await compare(s.nats_url, s.database_url, s.prefix)
+    assert report.ok, report.table()
+    assert report.compared == {"jobs": 3, "runs": 6}
+    assert report.streams["runs"] > 0
+
+    # Make SQL disagree: a job gone, a job at an older revision, a run gone, a run (and its
+    # attempts) back at `dispatched`, a run's exit code changed.
+    gone_run = run_id_for("job-1", T0 + timedelta(minutes=1))
+    stuck_run = run_id_for("job-2", T0 + timedelta(minutes=2))
+    changed_run = run_id_for("job-0", T0 + timedelta(minutes=3))
+    async with history.begin() as conn:
+        await conn.execute(delete(jobs).where(jobs.c.id == "job-1"))
+        await conn.execute(update(jobs).where(jobs.c.id == "job-0").values(revision=1, name="backup"))
+        await conn.execute(delete(runs).where(runs.c.id == gone_run))
+        await conn.execute(delete(run_attempts).where(run_attempts.c.run_id == gone_run))
+        await conn.execute(
+            update(runs)
+            .where(runs.c.id == stuck_run)
+            .values(status="dispatched", attempt=1, finished_at=None)
+        )
+        await conn.execute(delete(run_attempts).where(run_attempts.c.run_id == stuck_run))
+        await conn.execute(update(runs).where(runs.c.id == changed_run).values(exit_code=99))
+
+    report = await compare(s.nats_url, s.database_url, s.prefix)
+    assert not report.ok
+    assert report.counts == {
+        "job_revision": 1,
+        "job_missing": 1,
+        "run_missing": 1,
+        "run_status": 1,
+        "run_differs": 1,
+    }
+    found = {(d.kind, d.key) for d in report.differences}
+    assert found == {
+        ("job_revision", "job-0"),
+        ("job_missing", "job-1"),
+        ("run_missing", gone_run),
+        ("run_status", stuck_run),
+        ("run_differs", changed_run),
+    }
+    stuck = next(d for d in report.differences if d.key == stuck_run)
+    assert (stuck.streams, stuck.sql) == ("succeeded (attempt 2)", "dispatched (attempt 1)")
+
+    # The command: exit 1 and a JSON report naming the differences.
+    code = await asyncio.to_thread(main, _cli(s, "--json"))
+    out = json.loads(capsys.readouterr().out)
+    assert code == 1
+    assert out["ok"] is False
+    assert out["total"] == 5
+    assert {d["key"] for d in out["differences"]} == {k for _, k in found}
+
+    # --repair rewrites the rows from the streams; the check then finds SQL equal to them.
+    code = await asyncio.to_thread(main, _cli(s, "--repair"))
+    text = capsys.readouterr().out
+    assert code == 0, text
+    assert "SQL agrees with the streams." in text
+    assert "repaired 5 row(s)" in text
+    assert await snapshot(history) == before
+    code = await asyncio.to_thread(main, _cli(s))
+    assert code == 0
+    assert "SQL agrees with the streams." in capsys.readouterr().out
+
+
+async def test_a_run_sql_has_seen_further_than_the_snapshot_is_not_a_difference(
+    history_settings: Settings, bus: Bus, history: AsyncEngine
+):
+    """Events projected after the check read the streams make SQL ahead, not wrong: a run that
+    SQL shows finished while the snapshot has it dispatched, with the projector past it."""
+    s = history_settings
+    events = [e for e in run_events("job-a", T0, attempts=1) if not isinstance(e, LogChunk)]
+    await publish(bus, s, job_created("job-a"), *events)
+    await _projected(s, bus, history)
+    run_id = run_id_for("job-a", T0)
+    async with history.begin() as conn:
+        # As if the run finished once more (a later attempt) after the snapshot.
+        await conn.execute(update(runs).where(runs.c.id == run_id).values(attempt=5, status="running"))
+        await conn.execute(
+            update(projector_positions)
+            .where(projector_positions.c.consumer == "logs-runs")
+            .values(stream_seq=10**6)
+        )
+    report = await compare(s.nats_url, s.database_url, s.prefix)
+    assert report.ok, report.table()
+    async with history.begin() as conn:
+        await conn.execute(
+            update(projector_positions)
+            .where(projector_positions.c.consumer == "logs-runs")
+            .values(stream_seq=2)
+        )
+    report = await compare(s.nats_url, s.database_url, s.prefix)
+    assert report.counts == {"run_status": 1}
+
+
+async def test_check_cannot_reach_nats_exits_2(settings: Settings, capsys: pytest.CaptureFixture[str]):
+    argv = _cli(settings)
+    argv[argv.index("--nats-url") + 1] = "nats://127.0.0.1:1"
+    code = await asyncio.to_thread(main, argv)
+    assert code == 2
+    assert "cronbus check:" in capsys.readouterr().err
