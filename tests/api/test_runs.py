@@ -30,6 +30,7 @@ from cronbus.shared.history.schema import log_chunks, run_attempts, runs
 from cronbus.shared.status import RunnerPresence, SchedulerStatus, encode_status
 from tests.api.conftest import Api
 from tests.api.test_jobs import create
+from tests.logs.harness import running_logs
 from tests.runner.support import final_outcome, read_subject, run_events, running
 from tests.support import wait_for
 
@@ -258,6 +259,16 @@ async def test_cancel_right_after_run_now_stops_a_run_the_history_has_not_seen(l
         assert not [
             e for e in await run_events(api.bus.js, api.settings, run_id) if isinstance(e, RunStarted)
         ]
+
+    async def cancelled_in_history() -> dict[str, Any] | None:
+        response = await api.client.get(f"/v1/runs/{run_id}", headers=api.auth())
+        run: dict[str, Any] = response.json()
+        return run if response.status_code == 200 and run["status"] == "cancelled" else None
+
+    # And the history says so too once the logs service has projected it.
+    async with running_logs(api.settings):
+        run = await wait_for(cancelled_in_history, timeout=20, what="the run shown as cancelled")
+        assert run["trigger"] == "manual", run
     unknown = await api.client.post(f"/v1/runs/{uuid.uuid4()}/cancel", headers=api.auth())
     assert unknown.status_code == 404, unknown.text
 
