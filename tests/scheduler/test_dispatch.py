@@ -239,3 +239,21 @@ async def test_the_scheduler_connection_does_not_buffer_publishes_while_disconne
     finally:
         await publisher.stop()
         await bus.close()
+
+
+async def test_a_term_ending_in_the_middle_of_a_batch_holds_the_watermark_below_the_rest() -> None:
+    epoch = [0]
+    dispatcher, js, table = _setup([], connection=lambda: epoch[0])
+    publish = js.publish_async
+
+    async def publish_then_reconnect(subject: str, payload: bytes, headers: dict[str, str]) -> Any:
+        epoch[0] += 1
+        return await publish(subject, payload, headers)
+
+    js.publish_async = publish_then_reconnect  # type: ignore[method-assign]
+    slots = [datetime.fromtimestamp(SLOT.timestamp() + i, UTC) for i in range(3)]
+    await dispatcher.submit_all([(Due("a", to_ms(s), s.timestamp()), table.jobs["a"]) for s in slots])
+    await dispatcher.drain(1.0)
+    assert js.attempts == [dispatch_msg_id("a", slots[0])]
+    assert sorted(dispatcher.unfinished_slots_ms) == [to_ms(slots[1]), to_ms(slots[2])]
+    assert watermark_of(SLOT.timestamp() + 60, dispatcher.unfinished_slots_ms, 0.0) < slots[1].timestamp()

@@ -190,6 +190,10 @@ class Dispatcher:
             for i, (due, job) in enumerate(batch, 1):
                 if self.term.ended:
                     log.warning("%d due slots left to the next term: %s", len(batch) - i + 1, self.term.why)
+                    # Given up like a publish the term could not finish: the watermark stays
+                    # below them.
+                    for left, _ in batch[i - 1 :]:
+                        self._abandoned[(left.job_id, left.slot_ms)] = left.slot_ms
                     return
                 await self.submit(due, job, trace=trace)
                 if i % YIELD_EVERY == 0:
