@@ -1,0 +1,208 @@
+"""The seed workload: N jobs `@every 1m` calling back over HTTP, on `cronbus up`.
+
+It reproduces the workload of a peer's published benchmark: jobs are created through the
+API in batches of 1,000 and each calls a local keep-alive receiver that counts hits per job.
+After the last job exists, it observes for M minutes and reports creation time, jobs never
+called, duplicates (two calls for one slot), missed job-minutes and each call's drift from the
+job's own grid (its anchor plus whole minutes).
+
+`./dev bench seed [--jobs N] [--minutes M]` (defaults 50,000 and 3; also SEED_JOBS and
+SEED_MINUTES in the environment).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+
+from tests.bench.common import Figure, percentile
+
+BATCH = 1000
+INTERVAL = 60.0
+# A call more than this after its slot counts as missed, not as late.
+LATE_LIMIT = 30.0
+
+
+@dataclass
+class Receiver:
+    """Keep-alive HTTP/1.1 receiver: records (job index, arrival time) for every POST /hit/<i>."""
+
+    hits: dict[int, list[float]] = field(default_factory=lambda: defaultdict(list))
+    refused: int = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                at = time.time()
+                request_line, _, rest = head.partition(b"\r\n")
+                length = 0
+                for line in rest.split(b"\r\n"):
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value.strip() or 0)
+                if length:
+                    await reader.readexactly(length)
+                parts = request_line.split(b" ")
+                path = parts[1].decode() if len(parts) > 1 else ""
+                if path.startswith("/hit/"):
+                    self.hits[int(path[5:])].append(at)
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError):
+            pass
+        finally:
+            writer.close()
+
+
+@contextlib.asynccontextmanager
+async def cronbus_up(data_dir: Path, log: Path) -> AsyncIterator[dict[str, str]]:
+    """`cronbus up` on a fresh data directory; yields its cronbus.json."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRONBUS_")}
+    env["CRONBUS_LOG_LEVEL"] = "WARNING"
+    with log.open("ab") as out:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "cronbus.shared.cli", "up",
+            "--data-dir", str(data_dir), "--api-port", "0",
+            stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=asyncio.subprocess.STDOUT, env=env,
+        )  # fmt: skip
+    state_file = data_dir / "cronbus.json"
+    try:
+        deadline = time.monotonic() + 120
+        while not state_file.exists():
+            if proc.returncode is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"cronbus up did not start; see {log}")
+            await asyncio.sleep(0.2)
+        state = json.loads(state_file.read_text())
+        async with httpx.AsyncClient(base_url=state["api_url"], timeout=10) as client:
+            while True:
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await client.get("/readyz")).status_code == 200:
+                        break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"cronbus up never became ready; see {log}")
+                await asyncio.sleep(0.2)
+        yield state
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), timeout=60)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+def job_body(i: int, url: str) -> dict[str, object]:
+    return {
+        "name": f"seed-{i}",
+        "schedule": "@every 1m",
+        "executor": {"type": "http", "method": "POST", "url": f"{url}/hit/{i}", "body": "{}"},
+        "timeout": "30s",
+    }
+
+
+async def create_jobs(client: httpx.AsyncClient, n: int, url: str) -> list[float]:
+    """Create jobs 0..n-1 in batches; returns each job's first slot (epoch seconds), by index."""
+    first: list[float] = [0.0] * n
+    for start in range(0, n, BATCH):
+        batch = [job_body(i, url) for i in range(start, min(n, start + BATCH))]
+        answer = await client.post("/v1/jobs", json=batch)
+        if answer.status_code != 201:
+            raise RuntimeError(f"batch at {start}: {answer.status_code} {answer.text[:500]}")
+        for offset, job in enumerate(answer.json()["items"]):
+            first[start + offset] = datetime.fromisoformat(job["next_fires"][0]).timestamp()
+    return first
+
+
+@dataclass
+class Outcome:
+    never_called: int = 0
+    duplicates: int = 0
+    missed: int = 0
+    expected: int = 0
+    drifts: list[float] = field(default_factory=list)
+
+
+def judge(first_slots: list[float], hits: dict[int, list[float]], start: float, end: float) -> Outcome:
+    """Every job's slots in (start, end] against the calls it got."""
+    out = Outcome()
+    for i, first in enumerate(first_slots):
+        calls = sorted(t for t in hits.get(i, []) if t > start)
+        if not calls:
+            out.never_called += 1
+        per_slot: dict[float, int] = defaultdict(int)
+        for t in calls:
+            # The slot this call answers: the latest grid point at or before it.
+            slot = first + ((t - first) // INTERVAL) * INTERVAL
+            per_slot[slot] += 1
+            out.drifts.append(t - slot)
+        slot = first
+        while slot <= start:
+            slot += INTERVAL
+        while slot <= end:
+            out.expected += 1
+            got = per_slot.get(slot, 0)
+            if got == 0:
+                out.missed += 1
+            elif got > 1:
+                out.duplicates += got - 1
+            slot += INTERVAL
+    return out
+
+
+async def run(jobs: int, minutes: float) -> list[Figure]:
+    receiver = Receiver()
+    server = await asyncio.start_server(receiver.handle, "127.0.0.1", 0, backlog=4096)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    with tempfile.TemporaryDirectory(prefix="cronbus-seed-") as tmp:
+        workdir = Path(tmp)
+        async with cronbus_up(workdir / "data", workdir / "up.log") as state:
+            headers = {"Authorization": f"Bearer {state['admin_key']}"}
+            async with httpx.AsyncClient(base_url=state["api_url"], headers=headers, timeout=120) as client:
+                began = time.monotonic()
+                first_slots = await create_jobs(client, jobs, url)
+                creation = time.monotonic() - began
+            start = time.time()
+            end = start + minutes * 60
+            # Calls for slots up to `end` may still be arriving: wait out the late limit.
+            await asyncio.sleep(end - time.time() + LATE_LIMIT)
+            # A call that arrived later than the limit answers no slot of the window.
+            hits = {i: [t for t in ts if t <= end + LATE_LIMIT] for i, ts in receiver.hits.items()}
+    server.close()
+    outcome = judge(first_slots, hits, start, end)
+    p50, p99 = percentile(outcome.drifts, 50), percentile(outcome.drifts, 99)
+    note = f"{jobs} jobs, {minutes:g} min observed, {outcome.expected} job-minutes expected"
+    return [
+        Figure("creating the jobs through the API", creation, "s", "<= 60", creation <= 60, f"{jobs} jobs"),
+        Figure("jobs never called", outcome.never_called, "jobs", "0", outcome.never_called == 0, note),
+        Figure("duplicate calls", outcome.duplicates, "calls", "0", outcome.duplicates == 0, note),
+        Figure("missed job-minutes", outcome.missed, "slots", "0", outcome.missed == 0, note),
+        Figure("drift from the job's grid p50", p50 * 1000, "ms", "-", None, ""),
+        Figure("drift from the job's grid p99", p99 * 1000, "ms", "<= 1000", p99 <= 1.0, ""),
+    ]
+
+
+def options(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="bench seed")
+    parser.add_argument("--jobs", type=int, default=int(os.environ.get("SEED_JOBS", "50000")))
+    parser.add_argument("--minutes", type=float, default=float(os.environ.get("SEED_MINUTES", "3")))
+    return parser.parse_args(argv)
+
+
+async def main(argv: list[str] | None = None) -> list[Figure]:
+    opts = options(argv or [])
+    return await run(opts.jobs, opts.minutes)
