@@ -95,6 +95,7 @@ ROUTE_ROLES: dict[tuple[str, str], str] = {
     ("GET", "/v1/runs/{run_id}/log/stream"): "viewer",
     ("POST", "/v1/runs/{run_id}/cancel"): "operator",
     ("GET", "/v1/status"): "viewer",
+    ("POST", "/v1/import/crontab"): "admin",
     ("GET", "/healthz"): PUBLIC,
     ("GET", "/readyz"): PUBLIC,
     ("GET", "/v1/openapi.json"): PUBLIC,

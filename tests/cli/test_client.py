@@ -193,3 +193,20 @@ def test_status_names_the_leader_and_runners(stack: Stack) -> None:
 
     out = wait_for_sync(shown, timeout=30, what="status with a leader")
     assert "1 runner(s)" in out
+
+
+def test_import_a_crontab_with_a_preview_first(stack: Stack, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    prefix = unique("ct") + "-"
+    crontab = tmp_path / "crontab"
+    crontab.write_text(
+        'MAILTO=ops@example.com\n0 * * * * ./if_master.sh "./command.sh"\n@reboot start-agent\n'
+    )
+    preview = stack.cli("import", "crontab", str(crontab), "--dry-run", "--prefix", prefix)
+    assert preview.returncode == 0, preview.stderr
+    assert "would create 1 job(s)" in preview.stdout and "skipped line 3: @reboot" in preview.stdout
+    assert prefix not in stack.cli("jobs", "ls", "--q", prefix).stdout
+    for _ in range(2):  # twice: the second import creates nothing new
+        done = stack.cli("import", "crontab", str(crontab), "--prefix", prefix, "--json")
+        assert done.returncode == 0, done.stderr
+    jobs = json.loads(stack.cli("jobs", "ls", "--q", prefix, "--json").stdout)
+    assert len([j for j in jobs if j["name"].startswith(prefix)]) == 1

@@ -25,6 +25,7 @@ from cronbus.api.auth import DOCS_PATH, AuthenticateFirst, KeyRing, authorize, i
 from cronbus.api.body import JsonRequest
 from cronbus.api.controllers import (
     HealthController,
+    ImportController,
     JobController,
     RunController,
     StatusController,
@@ -69,7 +70,14 @@ def create_app(
     key_ring = KeyRing(settings.admin_key, history, clock)
     state = State({"bus": bus, "key_ring": key_ring, "stopping": stopping or asyncio.Event()})
     app = Litestar(
-        route_handlers=[JobController, RunController, StatusController, HealthController, openapi_json],
+        route_handlers=[
+            JobController,
+            RunController,
+            ImportController,
+            StatusController,
+            HealthController,
+            openapi_json,
+        ],
         dependencies={
             "jobs": Provide(lambda: jobs, sync_to_thread=False),
             "runs": Provide(lambda: runs, sync_to_thread=False),

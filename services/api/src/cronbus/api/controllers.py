@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.di import NamedDependency
+from litestar.exceptions import ClientException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import HeaderParameter, JSONBody, PathParameter, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
@@ -23,6 +24,7 @@ from cronbus.api.problems import PROBLEM_JSON, RETRY_AFTER
 from cronbus.api.runs import Runs
 from cronbus.api.schemas import (
     CancelRequested,
+    CrontabImport,
     Health,
     JobBatch,
     JobIn,
@@ -360,6 +362,55 @@ async def _events(
         aclose = getattr(chunks, "aclose", None)
         if aclose is not None:
             await aclose()
+
+
+MAX_CRONTAB_BYTES = 1024 * 1024
+
+
+class ImportController(Controller):
+    path = "/v1/import"
+    tags = ["jobs"]
+
+    @post(
+        "/crontab",
+        opt=ADMIN,
+        status_code=201,
+        responses=problems(400, 403, 422),
+        summary="Import a crontab (text/plain)",
+        description="Each entry becomes a job (five fields or an @ macro, environment lines applied; "
+        "see docs/api.md). Lines that cannot become a job are listed in `skipped` with the reason. "
+        "Importing the same entries again creates nothing: they answer the jobs made the first time. "
+        "`?dry_run=true` answers 200 with the jobs as they would be and appends nothing.",
+    )
+    async def crontab(
+        self,
+        request: Request[Any, Any, Any],
+        jobs: NamedDependency[Jobs],
+        dry_run: Annotated[bool, QueryParameter(description="preview: create nothing")] = False,
+        timezone: Annotated[
+            str, QueryParameter(description="zone of entries before any CRON_TZ line")
+        ] = "UTC",
+        pool: Annotated[str, QueryParameter(description="pool of the jobs")] = "default",
+        prefix: Annotated[str, QueryParameter(description="start of every job's name")] = "crontab-",
+    ) -> Response[CrontabImport]:
+        raw = await request.body()
+        if len(raw) > MAX_CRONTAB_BYTES:
+            raise InvalidInput(
+                [
+                    FieldError(
+                        field="body",
+                        reason=f"{len(raw)} bytes; a crontab may have at most {MAX_CRONTAB_BYTES}",
+                    )
+                ]
+            )
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ClientException("the crontab is not UTF-8 text") from None
+        answer = await jobs.import_crontab(
+            text, caller(request), timezone=timezone, pool=pool, prefix=prefix, dry_run=dry_run
+        )
+        return Response(answer, status_code=200 if dry_run else 201)
 
 
 class StatusController(Controller):

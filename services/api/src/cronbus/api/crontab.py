@@ -42,6 +42,7 @@ class Entry:
     """One crontab entry as a job: its line number, the job input and its derived id."""
 
     line: int
+    text: str
     job_id: str
     job: JobIn
 
@@ -164,7 +165,8 @@ def parse_crontab(
             catchup=CatchupIn(policy="skip"),
             overlap="allow",
             labels=labels,
-            description=f"imported from crontab line {number}: {line}"[:1000],
+            # Not the line number: moving a line must not make it another job.
+            description=f"imported from a crontab: {line}"[:1000],
         )
-        entries.append(Entry(line=number, job_id=job_id, job=job))
+        entries.append(Entry(line=number, text=raw, job_id=job_id, job=job))
     return entries, skipped

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 import msgspec
 
 from cronbus.api import validation as limits
+from cronbus.api.crontab import parse_crontab
 from cronbus.api.domain import (
     Cursor,
     FieldError,
@@ -28,7 +29,16 @@ from cronbus.api.domain import (
 )
 from cronbus.api.history import History
 from cronbus.api.journal import JobHead, Journal
-from cronbus.api.schemas import JobIn, JobOut, JobPage, JobPatch, RunAccepted, RunPage
+from cronbus.api.schemas import (
+    CrontabImport,
+    JobIn,
+    JobOut,
+    JobPage,
+    JobPatch,
+    RunAccepted,
+    RunPage,
+    SkippedLine,
+)
 from cronbus.shared.events import (
     JobCreated,
     JobDeleted,
@@ -136,6 +146,46 @@ class Jobs:
         are pipelined. The answer is in input order. `dry_run` checks and answers, appends nothing."""
         return await self._create(jobs, by, request_key=request_key, batch=True, dry_run=dry_run)
 
+    async def import_crontab(
+        self, text: str, by: Principal, *, timezone: str, pool: str, prefix: str, dry_run: bool = False
+    ) -> CrontabImport:
+        """The crontab's entries as jobs, idempotent by content (see cronbus.api.crontab)."""
+        errors: list[FieldError] = []
+        limits.check_text(errors, "prefix", prefix, max_chars=limits.MAX_NAME // 2)
+        if errors:
+            raise InvalidInput(errors)
+        entries, skipped = parse_crontab(text, timezone=timezone, pool=pool, prefix=prefix)
+        lines = [SkippedLine(line=s.line, text=s.text, reason=s.reason) for s in skipped]
+        valid = []
+        for entry in entries:
+            _, problems = check_spec(entry.job)
+            if problems:
+                reason = "; ".join(f"{p.field}: {p.reason}" for p in problems)
+                lines.append(SkippedLine(line=entry.line, text=entry.text, reason=reason))
+            else:
+                valid.append(entry)
+        if len(valid) > limits.MAX_BATCH:
+            raise InvalidInput(
+                [
+                    FieldError(
+                        field="body",
+                        reason=f"{len(valid)} entries; import at most {limits.MAX_BATCH} at once",
+                    )
+                ]
+            )
+        lines.sort(key=lambda s: s.line)
+        if not valid:
+            return CrontabImport(items=[], skipped=lines)
+        made = await self._create(
+            [e.job for e in valid],
+            by,
+            request_key=None,
+            batch=True,
+            dry_run=dry_run,
+            ids=[e.job_id for e in valid],
+        )
+        return CrontabImport(items=list(made), skipped=lines)
+
     async def _create(
         self,
         jobs: Sequence[JobIn],
@@ -144,7 +194,10 @@ class Jobs:
         request_key: str | None,
         batch: bool,
         dry_run: bool = False,
+        ids: Sequence[str] | None = None,
     ) -> Sequence[JobOut]:
+        """`ids`, when given, name the jobs (one each): an existing job with such an id is the
+        job asked for, as with a repeated Idempotency-Key."""
         errors = limits.check_idempotency_key(request_key) if request_key is not None else []
         checked = [check_spec(job, f"[{i}]." if batch else "") for i, job in enumerate(jobs)]
         specs = [spec for spec, found in checked if not found and spec is not None]
@@ -154,7 +207,7 @@ class Jobs:
         now = self.clock()
         events = [
             JobCreated(
-                job_id=self._new_job_id(by, request_key, i if batch else None),
+                job_id=ids[i] if ids is not None else self._new_job_id(by, request_key, i if batch else None),
                 revision=1,
                 actor=by.name,
                 spec=anchored(spec, now),
@@ -173,7 +226,7 @@ class Jobs:
 
         async def append(event: JobCreated) -> JobState:
             async with in_flight:
-                return await self._append_created(event, replayed=request_key is not None)
+                return await self._append_created(event, replayed=request_key is not None or ids is not None)
 
         # Every append finishes (or fails) before the answer: none is left running behind it.
         results = await asyncio.gather(*(append(e) for e in events), return_exceptions=True)

@@ -218,6 +218,22 @@ class JobBatch(msgspec.Struct, kw_only=True):
     items: list[JobOut]
 
 
+class SkippedLine(msgspec.Struct, kw_only=True):
+    """A crontab line that did not become a job, and why."""
+
+    line: int
+    text: str
+    reason: str
+
+
+class CrontabImport(msgspec.Struct, kw_only=True):
+    """`POST /v1/import/crontab`: the jobs of the crontab (made now, found from an earlier
+    import of the same entries, or with `dry_run` as they would be) and the lines skipped."""
+
+    items: list[JobOut]
+    skipped: list[SkippedLine]
+
+
 class AttemptOut(msgspec.Struct, kw_only=True):
     attempt: int
     status: str
