@@ -45,7 +45,19 @@ async def test_ids_are_uuids_and_cursors_base64url(lite_api: Api) -> None:
         schema = parameter["schema"]
         text = next(s for s in schema.get("oneOf", [schema]) if s.get("type") == "string")
         pattern = schema.get("pattern") or text.get("pattern")
-        assert pattern == "^[A-Za-z0-9_-]+$", parameter
+        assert pattern == "^[A-Za-z0-9_-]*$", parameter
+
+
+async def test_live_output_and_attempts_are_described(lite_api: Api) -> None:
+    doc = await document(lite_api)
+    stream = doc["paths"]["/v1/runs/{run_id}/log/stream"]["get"]["responses"]["200"]
+    assert list(stream["content"]) == ["text/event-stream"], stream
+    log = doc["paths"]["/v1/runs/{run_id}/log"]["get"]
+    attempt = next(p for p in log["parameters"] if p["name"] == "attempt")
+    integer = next(
+        s for s in attempt["schema"].get("oneOf", [attempt["schema"]]) if s.get("type") == "integer"
+    )
+    assert (attempt["schema"].get("minimum") or integer.get("minimum")) == 1, attempt
 
 
 async def test_a_malformed_id_is_still_the_apis_own_422(lite_api: Api) -> None:

@@ -340,3 +340,15 @@ async def test_a_manual_run_in_a_scheduled_slots_millisecond_is_dispatched_too(l
         backfill_run(job["id"], slot_ms(slot)),
     ]
     assert len({i.run_id for i in ids}) == len({i.msg_id for i in ids}) == len(ids)
+
+
+async def test_log_attempt_out_of_range_is_a_4xx(api: Api) -> None:
+    run_id = await add_run(api, str(uuid.uuid4()), T0)
+    for attempt in ("0", "-1", str(2**31), str(10**30), "x"):
+        response = await api.client.get(
+            f"/v1/runs/{run_id}/log", params={"attempt": attempt}, headers=api.auth()
+        )
+        assert response.status_code in (400, 422), (attempt, response.text)
+        assert response.headers["content-type"].startswith("application/problem+json")
+    ok = await api.client.get(f"/v1/runs/{run_id}/log", params={"attempt": 2**31 - 1}, headers=api.auth())
+    assert ok.status_code == 200, ok.text

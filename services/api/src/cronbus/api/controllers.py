@@ -44,7 +44,7 @@ PageCursor = Annotated[
     str | None,
     QueryParameter(
         description="the `next` value of the previous page (opaque, base64url); omit for the first page",
-        schema_extra={"pattern": "^[A-Za-z0-9_-]+$"},
+        schema_extra={"pattern": "^[A-Za-z0-9_-]*$"},
     ),
 ]
 # Ids are UUIDs; the schema says so, and a malformed one still gets the API's own 422.
@@ -66,7 +66,9 @@ CreateKey = Annotated[
 RequestId = Annotated[
     str | None,
     HeaderParameter(
-        name="Idempotency-Key", description="repeat a request with the same key to dispatch once"
+        name="Idempotency-Key",
+        description="repeat a request with the same key (up to 200 printable characters) to dispatch once",
+        schema_extra={"maxLength": 200},
     ),
 ]
 
@@ -100,6 +102,8 @@ OPERATOR = {"role": Role.operator}
 ADMIN = {"role": Role.admin}
 PUBLIC = {"public": True}
 
+# Attempt numbers a run can have (the history stores them as 32-bit integers).
+_MAX_ATTEMPT = 2**31 - 1
 # How often a live tail checks for the end of a run, and sends a keep-alive when quiet.
 _TAIL_POLL = 0.25
 _KEEPALIVE_EVERY = 15.0
@@ -286,7 +290,8 @@ class RunController(Controller):
         run_id: RunId,
         runs: NamedDependency[Runs],
         attempt: Annotated[
-            int | None, QueryParameter(description="which attempt (default: the latest)")
+            int | None,
+            QueryParameter(ge=1, le=_MAX_ATTEMPT, description="which attempt (default: the latest)"),
         ] = None,
     ) -> bytes:
         return await runs.log(run_id, attempt=attempt)
@@ -295,6 +300,7 @@ class RunController(Controller):
         "/{run_id:str}/log/stream",
         opt=VIEWER,
         responses=problems(403, 422),
+        media_type="text/event-stream",
         summary="A run's output, live (Server-Sent Events)",
     )
     async def stream(
