@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cronbus.logs.store import HistoryWriter, Sequenced
 from cronbus.shared.bus import Bus
-from cronbus.shared.events import LogChunk, run_id_for
+from cronbus.shared.events import LogChunk, RunDispatched, run_id_for
 from cronbus.shared.history.schema import run_attempts, runs
 from cronbus.shared.settings import Settings
 from tests.logs.harness import T0, publish, rows, run_events, running_logs
@@ -118,3 +118,21 @@ async def _status(fetch, status: str) -> bool:  # type: ignore[no-untyped-def]
 async def _dispatched(fetch):  # type: ignore[no-untyped-def]
     row = await fetch()
     return row if row and row["dispatched_at"] is not None else None
+
+
+async def test_a_dispatch_published_on_a_later_try_does_not_outrank_the_runs_outcome(history: AsyncEngine):
+    """The scheduler retries a publish the DISPATCH leader did not confirm (a node died) and
+    has counted those tries in `run.dispatched`'s `attempt`. Attempts are the runner's: the
+    run that succeeded on attempt 1 shows `succeeded`, whichever event is projected first."""
+    writer = HistoryWriter(history)
+    for n, dispatch_first in enumerate((True, False)):
+        slot = T0 + timedelta(minutes=n)
+        dispatched, started, _, finished = run_events("job-try", slot, attempts=1)
+        assert isinstance(dispatched, RunDispatched)
+        dispatched.attempt = 3
+        order = [dispatched, started, finished] if dispatch_first else [started, finished, dispatched]
+        for seq, event in enumerate(order, start=1):
+            await writer.apply(f"try-{n}", [Sequenced(seq, event)], seq)
+        [row] = [r for r in await rows(history, runs) if r["id"] == run_id_for("job-try", slot)]
+        assert (row["status"], row["attempt"]) == ("succeeded", 1), dispatch_first
+        assert row["dispatched_at"] is not None

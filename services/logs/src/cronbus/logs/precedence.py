@@ -10,7 +10,11 @@ which came first:
   an event of a newer attempt resets those it does not carry, an older attempt's event leaves
   them alone;
 * columns that belong to the run (job, slot, pool, trigger, dispatch time) come from
-  `run.dispatched` whenever it arrives.
+  `run.dispatched` whenever it arrives;
+* `run.dispatched` always counts as attempt 1, whatever its `attempt` field says: attempts
+  are numbered by the runner's events. (The scheduler has written its publish retries into
+  that field; a dispatch published on its third try then out-ranked the run's own
+  `succeeded` of attempt 1, and the run showed `dispatched` for good.)
 
 Pure: no I/O. `store` turns these rules into SQL.
 """
@@ -48,6 +52,9 @@ ATTEMPT_COLUMNS: Final[dict[str, object]] = {
     "output_bytes": 0,
     "truncated": False,
 }
+
+# The attempt a `run.dispatched` is projected as (see the module docstring).
+DISPATCH_ATTEMPT: Final = 1
 
 # Columns of `runs` that describe the run as dispatched; only `run.dispatched` sets them.
 DISPATCH_COLUMNS: Final[tuple[str, ...]] = ("pool", "trigger", "dispatched_at", "lateness_ms")

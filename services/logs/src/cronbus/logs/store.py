@@ -375,6 +375,7 @@ def _runs_values(event: RunDispatched | RunStarted | RunFinished) -> dict[str, A
     match event:
         case RunDispatched():
             values |= {
+                "attempt": precedence.DISPATCH_ATTEMPT,
                 "status": precedence.DISPATCHED,
                 "pool": event.pool,
                 "trigger": event.trigger,
