@@ -26,7 +26,7 @@ from cronbus.shared.events import (
     scheduled_run,
     slot_ms,
 )
-from cronbus.shared.history.schema import log_chunks, run_attempts, runs
+from cronbus.shared.history.schema import log_chunks, rejected_events, run_attempts, runs
 from cronbus.shared.status import RunnerPresence, SchedulerStatus, encode_status
 from tests.api.conftest import Api
 from tests.api.test_jobs import create
@@ -160,7 +160,11 @@ async def test_status_reads_the_scheduler_and_runner_buckets(lite_api: Api) -> N
     api = lite_api
     empty = await api.client.get("/v1/status", headers=api.auth())
     assert empty.status_code == 200, empty.text
-    assert empty.json() == {"scheduler": None, "runners": []}
+    assert empty.json() == {
+        "scheduler": None,
+        "runners": [],
+        "history": {"rejected_events": 0, "sanitized_events": 0, "last_rejected_at": None},
+    }
 
     names = api.settings.names
     now = datetime.now(UTC)
@@ -185,6 +189,20 @@ async def test_status_reads_the_scheduler_and_runner_buckets(lite_api: Api) -> N
     assert status["scheduler"]["leader"] == "sched-a"
     assert status["scheduler"]["jobs"] == 2
     assert [r["id"] for r in status["runners"]] == ["runner-1"]
+
+    # Events the logs service set aside are counted (see tests/logs/test_poison.py).
+    async with api.engine.begin() as conn:
+        await conn.execute(
+            insert(rejected_events),
+            [
+                {"stream": "S", "stream_seq": seq, "consumer": "logs-runs", "subject": "s", "reason": "r",
+                 "data": b"x", "sanitized": seq == 3, "rejected_at": now}
+                for seq in (1, 2, 3)
+            ],
+        )  # fmt: skip
+    history = (await api.client.get("/v1/status", headers=api.auth())).json()["history"]
+    assert (history["rejected_events"], history["sanitized_events"]) == (2, 1)
+    assert history["last_rejected_at"] is not None
 
 
 async def test_live_log_replays_then_follows_until_the_run_finishes(lite_api: Api) -> None:

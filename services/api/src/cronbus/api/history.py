@@ -10,9 +10,17 @@ from sqlalchemy import and_, func, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cronbus.api.domain import Cursor, JobState
-from cronbus.api.schemas import AttemptOut, RunOut
+from cronbus.api.schemas import AttemptOut, HistoryOut, RunOut
 from cronbus.shared.events import JobSpec
-from cronbus.shared.history.schema import api_keys, jobs, log_chunks, projector_positions, run_attempts, runs
+from cronbus.shared.history.schema import (
+    api_keys,
+    jobs,
+    log_chunks,
+    projector_positions,
+    rejected_events,
+    run_attempts,
+    runs,
+)
 
 
 def _job_state(row: Any) -> JobState:
@@ -60,6 +68,20 @@ class History:
     async def ping(self) -> None:
         async with self.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
+
+    async def rejected(self) -> HistoryOut:
+        """How many events the projectors set aside or cleaned (`rejected_events`)."""
+        query = select(
+            rejected_events.c.sanitized, func.count(), func.max(rejected_events.c.rejected_at)
+        ).group_by(rejected_events.c.sanitized)
+        async with self.engine.connect() as conn:
+            found = {bool(sanitized): (int(n), at) for sanitized, n, at in await conn.execute(query)}
+        times = [at for _, at in found.values() if at is not None]
+        return HistoryOut(
+            rejected_events=found.get(False, (0, None))[0],
+            sanitized_events=found.get(True, (0, None))[0],
+            last_rejected_at=max(times) if times else None,
+        )
 
     async def job(self, job_id: str) -> JobState | None:
         """The job as projected, deleted ones included (callers decide what deleted means)."""

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
 
 from cronbus.api.domain import FieldError, InvalidInput, Principal, RunNotFound, check_id
 from cronbus.api.history import History
 from cronbus.api.journal import Journal, RunHead
-from cronbus.api.schemas import CancelRequested, RunnerOut, RunOut, SchedulerOut, StatusOut
+from cronbus.api.schemas import CancelRequested, HistoryOut, RunnerOut, RunOut, SchedulerOut, StatusOut
 from cronbus.shared.events import LogChunk, RunIdentity
 from cronbus.shared.names import Names
+
+log = logging.getLogger(__name__)
 
 
 class Runs:
@@ -69,7 +73,14 @@ class Runs:
     async def status(self) -> StatusOut:
         scheduler = await self.journal.scheduler_status()
         runners = await self.journal.runners()
+        try:
+            history: HistoryOut | None = await asyncio.wait_for(self.history.rejected(), timeout=2.0)
+        except Exception as exc:
+            # The rest of the status comes from NATS and is worth answering without it.
+            log.warning("status: cannot read rejected events from the history: %r", exc)
+            history = None
         return StatusOut(
+            history=history,
             scheduler=None
             if scheduler is None
             else SchedulerOut(

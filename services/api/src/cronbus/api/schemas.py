@@ -315,11 +315,22 @@ class RunnerOut(msgspec.Struct, kw_only=True):
     updated_at: datetime
 
 
+class HistoryOut(msgspec.Struct, kw_only=True):
+    """Events the logs service set aside because they can never be applied (`rejected`), and
+    those it applied only after cleaning them (`sanitized`); see docs/history.md."""
+
+    rejected_events: int
+    sanitized_events: int
+    last_rejected_at: datetime | None
+
+
 class StatusOut(msgspec.Struct, kw_only=True):
-    """`scheduler` is null when no leader has reported yet."""
+    """`scheduler` is null when no leader has reported yet; `history` is null when the
+    history database cannot be read."""
 
     scheduler: SchedulerOut | None
     runners: list[RunnerOut]
+    history: HistoryOut | None = None
 
 
 class Health(msgspec.Struct, kw_only=True):
