@@ -7,7 +7,7 @@ some `latest`. The test kills (SIGKILL) the node leading DISPATCH and the node l
 JetStream meta group, alternately, lets the cluster elect new leaders, and restarts the node
 on its old ports and store. Then it counts: every slot of every job, from its first dispatch
 to its last, in DISPATCH exactly once; every dispatched run finished in RUNS; the SQL runs
-table equal to the streams.
+table equal to the streams (directly, and by `cronbus check`'s `compare`).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from tests.scheduler.replicas import FAST_LEASE, Replicas
 from tests.scheduler.support import Dispatch, create_job, read_dispatches, spec
 from tests.support import service_command, wait_for
 
+from cronbus.logs.consistency import compare
 from cronbus.shared.bus import Bus
 from cronbus.shared.events import (
     Catchup,
@@ -265,6 +266,9 @@ async def test_every_slot_once_and_history_equal_to_streams_across_node_kills(
                     ) from None
             finally:
                 await engine.dispose()
+            # And by the project's own check: jobs, dispatches and runs, row by row.
+            report = await compare(cluster.urls, cluster_database, prefix)
+            assert report.ok, report.table()
         finally:
             replicas.kill_all()
             services.kill_all()
