@@ -187,7 +187,7 @@ class RunnerService:
                     await subscription.unsubscribe()
                 except Exception as exc:
                     log.debug("unsubscribe on stop: %s", exc)
-            await http.aclose()
+            await http.close()
             await reaper.close()
             await bus.close()
 

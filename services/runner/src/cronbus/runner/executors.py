@@ -13,11 +13,14 @@ import contextlib
 import logging
 import os
 import signal
+import ssl
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass, field
-from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any, Literal, Protocol
 
-import httpx
+import aiohttp
+import certifi
 
 from cronbus.runner.output import LiveOutput
 from cronbus.runner.processes import ChildProcess, Reaper, TreeUsage, end_group, group_alive, stop_task
@@ -31,25 +34,74 @@ InterruptReason = Literal["cancelled", "handed_back"]
 # sending) must not hold a run, and a slot, forever. The job's `timeout` bounds the whole call.
 HTTP_CONNECT_TIMEOUT = 30.0
 HTTP_READ_TIMEOUT = 300.0
+HTTP_MAX_REDIRECTS = 20
+# Connections kept per origin (scheme, host, port); runs beyond it wait for a free one.
+HTTP_CONNECTIONS_PER_ORIGIN = 100
 
 
-def http_client(concurrency: int) -> httpx.AsyncClient:
-    """The one pooled client every HTTP run of a runner shares.
+def tls_context() -> ssl.SSLContext:
+    """Certificates are checked against `SSL_CERT_FILE` or `SSL_CERT_DIR` when set, else certifi's."""
+    if cafile := os.environ.get("SSL_CERT_FILE"):
+        return ssl.create_default_context(cafile=cafile)
+    if capath := os.environ.get("SSL_CERT_DIR"):
+        return ssl.create_default_context(capath=capath)
+    return ssl.create_default_context(cafile=certifi.where())
 
-    It keeps as many connections alive as runs can be in flight, so a busy runner does not
-    reconnect for every call.
+
+@dataclass(slots=True)
+class HttpClient:
+    """The pooled session every HTTP run of a runner shares, and the proxies to use.
+
+    Proxies come from `HTTP_PROXY` / `HTTPS_PROXY` / `NO_PROXY`, read once when the runner
+    starts (reading them, and `.netrc`, on every request would cost more than the request).
     """
-    return httpx.AsyncClient(
-        timeout=httpx.Timeout(
-            connect=HTTP_CONNECT_TIMEOUT,
-            read=HTTP_READ_TIMEOUT,
-            write=HTTP_READ_TIMEOUT,
-            pool=None,
+
+    session: aiohttp.ClientSession
+    proxies: dict[str, str] = field(default_factory=dict)
+
+    def proxy_for(self, url: str) -> str | None:
+        if not self.proxies:
+            return None
+        parts = urllib.parse.urlsplit(url)
+        proxy = self.proxies.get(parts.scheme.lower())
+        if proxy is None or _bypasses(parts.hostname or "", self.proxies.get("no", "")):
+            return None
+        return proxy
+
+    async def close(self) -> None:
+        await self.session.close()
+
+
+def _bypasses(host: str, no_proxy: str) -> bool:
+    """Whether `NO_PROXY` names `host`: `*`, the host itself, or a domain it is under."""
+    host = host.lower().rstrip(".")
+    for entry in no_proxy.replace(" ", "").lower().split(","):
+        entry = entry.lstrip(".").rstrip(".")
+        if entry == "*" or (entry and (host == entry or host.endswith("." + entry))):
+            return True
+    return False
+
+
+def http_client(connections: int) -> HttpClient:
+    """The one pooled client every HTTP run of a runner shares; call it inside the event loop.
+
+    It keeps connections alive per origin, up to `connections` in all, so a busy runner does
+    not reconnect for every call.
+    """
+    proxies = {
+        k: v for k, v in urllib.request.getproxies_environment().items() if k in {"http", "https", "no"}
+    }
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(
+            limit=connections, limit_per_host=min(connections, HTTP_CONNECTIONS_PER_ORIGIN), ssl=tls_context()
+        ),
+        timeout=aiohttp.ClientTimeout(
+            total=None, sock_connect=HTTP_CONNECT_TIMEOUT, sock_read=HTTP_READ_TIMEOUT
         ),
         # Jobs share the client but must not share state: keep no cookies between runs.
-        cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
-        limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+        cookie_jar=aiohttp.DummyCookieJar(),
     )
+    return HttpClient(session, proxies)
 
 
 @dataclass(slots=True)
@@ -90,7 +142,7 @@ class UnknownExecutor(ValueError):
     pass
 
 
-def execution_for(executor: Executor, http: httpx.AsyncClient) -> Execution:
+def execution_for(executor: Executor, http: HttpClient) -> Execution:
     match executor:
         case ShellExecutor():
             return ShellExecution(executor)
@@ -216,7 +268,7 @@ class HttpExecution:
     `exit_code` of an HTTP run is the response status code.
     """
 
-    def __init__(self, spec: HttpExecutor, client: httpx.AsyncClient) -> None:
+    def __init__(self, spec: HttpExecutor, client: HttpClient) -> None:
         self.spec = spec
         self.client = client
 
@@ -248,20 +300,24 @@ class HttpExecution:
 
     async def _call(self, control: RunControl) -> Outcome:
         spec = self.spec
+        method = spec.method.upper()
         try:
-            async with self.client.stream(
-                spec.method.upper(),
+            async with self.client.session.request(
+                method,
                 spec.url,
+                proxy=self.client.proxy_for(spec.url),
                 headers=spec.headers,
-                content=spec.body.encode() if spec.body is not None else None,
-                follow_redirects=spec.follow_redirects,
+                data=spec.body.encode() if spec.body is not None else None,
+                # The body goes as the job gives it: no Content-Type unless the job sets one.
+                skip_auto_headers=("Content-Type",),
+                allow_redirects=spec.follow_redirects,
+                max_redirects=HTTP_MAX_REDIRECTS,
             ) as response:
                 await control.output.note(
-                    f"HTTP {response.status_code} {response.reason_phrase} from {spec.method.upper()} "
-                    f"{response.url}"
+                    f"HTTP {response.status} {response.reason or ''} from {method} {response.url}"
                 )
                 kept = 0
-                async for part in response.aiter_bytes():
+                async for part in response.content.iter_any():
                     room = spec.max_body_bytes - kept
                     if len(part) > room:
                         await control.output.write("stdout", part[:room])
@@ -271,46 +327,41 @@ class HttpExecution:
                         break
                     await control.output.write("stdout", part)
                     kept += len(part)
-                status = response.status_code
-        except httpx.InvalidURL as exc:
-            return await _http_failure(control, f"invalid URL {spec.url!r}: {exc}")
-        except httpx.UnsupportedProtocol as exc:
+                status = response.status
+        except aiohttp.NonHttpUrlClientError as exc:
             return await _http_failure(control, f"unsupported URL {spec.url!r}: {exc}")
-        except httpx.ConnectError as exc:
-            return await _http_failure(
-                control, f"could not connect to {spec.url}: {exc or type(exc).__name__}"
-            )
-        except httpx.TimeoutException as exc:
+        except aiohttp.InvalidURL as exc:
+            return await _http_failure(control, f"invalid URL {spec.url!r}: {exc}")
+        except aiohttp.ClientConnectorError as exc:
+            return await _http_failure(control, f"could not connect to {spec.url}: {_reason(exc)}")
+        except aiohttp.ServerTimeoutError as exc:
             # The client's own limits (HTTP_CONNECT_TIMEOUT, HTTP_READ_TIMEOUT), not the job's.
             error = (
-                f"{spec.method.upper()} {spec.url} timed out: no progress for "
-                f"{_client_limit(self.client, exc):g}s ({type(exc).__name__})"
+                f"{method} {spec.url} timed out: no progress for "
+                f"{_client_limit(self.client.session, exc):g}s ({type(exc).__name__})"
             )
             await control.output.note(f"cronbus: {error}")
             return Outcome("timed_out", error=error)
-        except httpx.TooManyRedirects as exc:
-            return await _http_failure(control, f"too many redirects from {spec.url}: {exc}")
-        except httpx.HTTPError as exc:
+        except aiohttp.TooManyRedirects as exc:
             return await _http_failure(
-                control, f"{spec.method.upper()} {spec.url} failed: {exc or type(exc).__name__}"
+                control, f"too many redirects from {spec.url}: more than {HTTP_MAX_REDIRECTS} ({exc})"
             )
+        except (aiohttp.ClientError, ValueError) as exc:
+            # ValueError: a header value the client refuses to send (a newline in it, say).
+            return await _http_failure(control, f"{method} {spec.url} failed: {_reason(exc)}")
         if self.expected(status):
             return Outcome("succeeded", exit_code=status)
         wanted = ", ".join(map(str, spec.expect_status)) if spec.expect_status else "any 2xx"
         return Outcome("failed", exit_code=status, error=f"HTTP status {status}, expected {wanted}")
 
 
-def _client_limit(client: httpx.AsyncClient, exc: httpx.TimeoutException) -> float:
+def _reason(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
+def _client_limit(client: aiohttp.ClientSession, exc: aiohttp.ServerTimeoutError) -> float:
     timeout = client.timeout
-    match exc:
-        case httpx.ConnectTimeout():
-            limit = timeout.connect
-        case httpx.WriteTimeout():
-            limit = timeout.write
-        case httpx.PoolTimeout():
-            limit = timeout.pool
-        case _:
-            limit = timeout.read
+    limit = timeout.sock_connect if isinstance(exc, aiohttp.ConnectionTimeoutError) else timeout.sock_read
     return limit if limit is not None else 0.0
 
 

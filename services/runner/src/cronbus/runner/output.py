@@ -1,16 +1,16 @@
 """A run's output on its way to the LOGS stream: masked, capped, cut into chunks, flushed live.
 
 `Chunker` is the pure part (secret masking, cap, ordering, sequence numbers); `LiveOutput`
-drives it: it
-publishes a chunk as soon as `chunk_size` bytes are pending, and otherwise at most
-`interval` seconds after the first pending byte, so a quiet job's lines appear at once and
-a chatty job's output is batched.
+drives it: it publishes as soon as `chunk_size` bytes are pending, and otherwise at most
+`interval` seconds after the first pending byte, but never sooner than `interval` after the
+run began or after the last publish. So a quiet job's lines appear within `interval`, a chatty
+job's output is batched, and a run that ends within `interval` (a typical HTTP call)
+publishes all its output once, at the end. The chunks of one publish go out pipelined.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -125,11 +125,14 @@ class Chunker:
 
 
 class LiveOutput:
-    """Publishes a Chunker's chunks in order while the run goes on. Use as an async context."""
+    """Publishes a Chunker's chunks in order while the run goes on. Use as an async context.
+
+    A timer, not a task, waits for the window: a run that ends within it costs no extra task.
+    """
 
     def __init__(
         self,
-        publish: Callable[[Chunk], Awaitable[None]],
+        publish: Callable[[list[Chunk]], Awaitable[None]],
         chunker: Chunker,
         *,
         interval: float = DEFAULT_FLUSH_INTERVAL,
@@ -138,12 +141,14 @@ class LiveOutput:
         self.chunker = chunker
         self._interval = interval
         self._lock = asyncio.Lock()
-        self._wake = asyncio.Event()
         self._last_flush = 0.0
-        self._flusher: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timed_flush: asyncio.Task[None] | None = None
+        self._closed = False
 
     async def __aenter__(self) -> LiveOutput:
-        self._flusher = asyncio.create_task(self._flush_periodically(), name="output-flusher")
+        # The first output waits for the window too: a short run publishes once, at its end.
+        self._last_flush = asyncio.get_running_loop().time()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -155,27 +160,28 @@ class LiveOutput:
         if self.chunker.full:
             await self.flush()
         else:
-            self._wake.set()
+            self._schedule()
 
     async def note(self, text: str) -> None:
         self.chunker.note(text)
-        self._wake.set()
+        self._schedule()
 
     async def flush(self) -> None:
         async with self._lock:
-            for chunk in self.chunker.take():
-                await self._publish(chunk)
+            chunks = self.chunker.take()
+            if chunks:
+                await self._publish(chunks)
             self._last_flush = asyncio.get_running_loop().time()
 
     async def close(self) -> None:
         """Stop the timer and publish what is left (never raises: the run's outcome comes next)."""
-        if self._flusher is not None:
-            # Under the lock the timer is between flushes, so cancelling it loses no chunk.
-            async with self._lock:
-                self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
-            self._flusher = None
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._timed_flush is not None:
+            # Let a flush under way finish (its publisher is bounded), so no chunk is lost.
+            await asyncio.wait({self._timed_flush})
         self.chunker.finish()
         try:
             await self.flush()
@@ -184,17 +190,27 @@ class LiveOutput:
             # not make the run go back to the pool and run again.
             log.exception("publishing the last output failed")
 
-    async def _flush_periodically(self) -> None:
+    def _schedule(self) -> None:
+        """Publish what is pending at the end of the window (now, if it is already over)."""
+        if self._closed or self._timer is not None or self._timed_flush is not None:
+            return
         loop = asyncio.get_running_loop()
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            delay = self._last_flush + self._interval - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            try:
-                await self.flush()
-            except Exception:
-                # The publisher already retried; the job keeps running and the next flush tries
-                # again with whatever is pending then.
-                log.exception("publishing output failed")
+        delay = max(0.0, self._last_flush + self._interval - loop.time())
+        self._timer = loop.call_later(delay, self._start_timed_flush)
+
+    def _start_timed_flush(self) -> None:
+        self._timer = None
+        self._timed_flush = asyncio.create_task(self._flush_on_time(), name="output-flush")
+
+    async def _flush_on_time(self) -> None:
+        try:
+            await self.flush()
+        except Exception:
+            # The publisher already retried; the job keeps running and the next flush tries
+            # again with whatever is pending then.
+            log.exception("publishing output failed")
+        finally:
+            self._timed_flush = None
+        if self.chunker.pending_bytes:
+            # Output that came while this flush was publishing.
+            self._schedule()

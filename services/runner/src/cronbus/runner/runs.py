@@ -12,19 +12,20 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-import httpx
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.js.api import PubAck
 from nats.js.errors import NotFoundError
 
 from cronbus.runner.attempts import HANDED_BACK, after_attempt, needs_history, plan_delivery
 from cronbus.runner.environment import RunIdentity, job_environment, parse_passthrough
-from cronbus.runner.executors import RunControl, execution_for
+from cronbus.runner.executors import HttpClient, RunControl, execution_for
 from cronbus.runner.output import Chunk, Chunker, LiveOutput
 from cronbus.runner.overlap import Holder, RunningRecords
 from cronbus.runner.processes import Reaper, stop_task
@@ -56,11 +57,20 @@ QUEUE_POLL = 0.25
 PUBLISH_PATIENCE_FLOOR = 10.0
 # A run has a handful of events per attempt; this only bounds a corrupted history.
 MAX_RUN_EVENTS = 10_000
+# How long pipelined publishes wait for their PubAcks before the missing ones are published again.
+PUBACK_TIMEOUT = 5.0
 
 
 def finished_msg_id(run_id: str, attempt: int) -> str:
     """The `Nats-Msg-Id` of an attempt's `run.finished`: one outcome per attempt is stored."""
     return f"{run_id}:{attempt}:finished"
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    subject: str
+    event: Event
+    msg_id: str
 
 
 class EventPublisher:
@@ -87,6 +97,33 @@ class EventPublisher:
         await self._retrying(
             lambda: self.js.publish(subject, payload, headers=headers), f"publish {subject}", persist
         )
+
+    async def publish_all(self, messages: Sequence[Outgoing]) -> None:
+        """Publish in order, then wait for all the PubAcks at once instead of each in turn.
+
+        When any fails, the messages from the first failed one on are published again one by
+        one, with retries; their `Nats-Msg-Id` makes a second copy of a stored one harmless.
+        """
+        if len(messages) == 1:
+            [one] = messages
+            await self.publish(one.subject, one.event, one.msg_id)
+            return
+        acks: list[asyncio.Future[PubAck]] = []
+        failed_at = len(messages)
+        try:
+            for message in messages:
+                headers = inject_headers({MSG_ID: message.msg_id})
+                acks.append(
+                    await self.js.publish_async(message.subject, encode(message.event), headers=headers)
+                )
+        except Exception as exc:
+            log.warning("pipelined publish failed (%s); publishing one by one", exc or type(exc).__name__)
+            failed_at = len(acks)
+        if acks:
+            results = await _gather_within(acks, PUBACK_TIMEOUT)
+            failed_at = next((i for i, r in enumerate(results) if isinstance(r, BaseException)), failed_at)
+        for message in messages[failed_at:]:
+            await self.publish(message.subject, message.event, message.msg_id)
 
     async def last_run_event(self, stream: str, subject: str) -> RunEvents | None:
         async def read() -> RunEvents | None:
@@ -163,7 +200,7 @@ class RunHandler:
         settings: Settings,
         nc: NATS,
         js: JetStreamContext,
-        http: httpx.AsyncClient,
+        http: HttpClient,
         records: RunningRecords,
         stopping: asyncio.Event,
         reaper: Reaper | None = None,
@@ -372,20 +409,28 @@ class RunHandler:
             # Not fatal: a record whose runner is gone stops counting once its presence expires.
             log.warning("could not release the running record of job %s: %s", d.job_id, exc)
 
-    def _chunk_publisher(self, d: RunDispatched, attempt: int) -> Callable[[Chunk], Awaitable[None]]:
+    def _chunk_publisher(self, d: RunDispatched, attempt: int) -> Callable[[list[Chunk]], Awaitable[None]]:
         subject = self.names.log_subject(d.run_id)
 
-        async def publish(chunk: Chunk) -> None:
-            event = LogChunk(
-                run_id=d.run_id,
-                job_id=d.job_id,
-                slot=d.slot,
-                attempt=attempt,
-                seq=chunk.seq,
-                stream=chunk.stream,
-                data=chunk.data,
+        async def publish(chunks: list[Chunk]) -> None:
+            await self.events.publish_all(
+                [
+                    Outgoing(
+                        subject,
+                        LogChunk(
+                            run_id=d.run_id,
+                            job_id=d.job_id,
+                            slot=d.slot,
+                            attempt=attempt,
+                            seq=chunk.seq,
+                            stream=chunk.stream,
+                            data=chunk.data,
+                        ),
+                        f"{d.run_id}:{attempt}:{chunk.seq}",
+                    )
+                    for chunk in chunks
+                ]
             )
-            await self.events.publish(subject, event, msg_id=f"{d.run_id}:{attempt}:{chunk.seq}")
 
         return publish
 
@@ -453,7 +498,8 @@ class RunHandler:
             msg_id=finished_msg_id(d.run_id, attempt),
             persist=lambda: not self._handing_back,
         )
-        log.info(
+        # One line per run is too many for a busy runner at INFO; the history has every outcome.
+        log.debug(
             "run %s of job %s attempt %d: %s%s",
             d.run_id,
             d.job_id,
@@ -465,6 +511,20 @@ class RunHandler:
             await msg.ack()
         else:
             await msg.nak(delay=result.retry_delay)
+
+
+async def _gather_within(futures: list[asyncio.Future[PubAck]], timeout: float) -> list[object]:
+    """Each future's result or exception; a future not done within `timeout` counts as failed."""
+    _, pending = await asyncio.wait(futures, timeout=timeout)
+    for future in pending:
+        future.cancel()
+    results: list[object] = []
+    for future in futures:
+        if future.cancelled():
+            results.append(TimeoutError(f"no PubAck within {timeout:g}s"))
+        else:
+            results.append(future.exception() or future.result())
+    return results
 
 
 def _describe(msg: Msg) -> str:
