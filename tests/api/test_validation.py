@@ -192,18 +192,23 @@ async def test_bad_job_input_is_a_problem_naming_the_field(
     assert await appended(lite_api) == 0  # nothing was appended
 
 
-@pytest.mark.parametrize(("body", "field", "reason"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def change(body: dict[str, Any]) -> dict[str, Any]:
+    """What `body` changes in BACKUP (a case that only leaves a field out changes nothing)."""
+    return {k: v for k, v in body.items() if k not in BACKUP or BACKUP[k] != v}
+
+
+CHANGES = [(name, change(body), field, reason) for name, body, field, reason in CASES if change(body)]
+
+
+@pytest.mark.parametrize(("body", "field", "reason"), [c[1:] for c in CHANGES], ids=[c[0] for c in CHANGES])
 async def test_bad_change_is_a_problem_and_appends_nothing(
     lite_api: Api, body: dict[str, Any], field: str, reason: str
 ) -> None:
     """PATCH goes through the same gate: a bad field in a change is refused the same way."""
     created = await lite_api.client.post("/v1/jobs", json=BACKUP, headers=lite_api.auth())
     assert created.status_code == 201, created.text
-    change = {k: v for k, v in body.items() if k not in BACKUP or BACKUP[k] != v}
-    if not change:
-        pytest.skip("a missing field is not a change")
     response = await lite_api.client.patch(
-        f"/v1/jobs/{created.json()['id']}", json=change, headers=lite_api.auth()
+        f"/v1/jobs/{created.json()['id']}", json=body, headers=lite_api.auth()
     )
     assert response.status_code == 422, response.text
     assert any(e["field"] == field and reason in e["reason"] for e in response.json()["errors"]), (
