@@ -7,7 +7,12 @@ delivery went missing -- it recreates the consumer to deliver from `position + 1
 Deliveries then arrive in stream order, which is what makes "skip what is at or below the
 position" safe: a message handed out but lost on a dropped connection is delivered again,
 before anything after it. A lost delivery shows as a gap in the consumer's delivery
-sequence, which every batch is checked for.
+sequence, and a consumer that starts or resumes past the position shows as a stream
+sequence beyond `position + 1` whose predecessors are still stored; every batch is checked
+for both.
+
+An event that can never be applied (see `poison`) is recorded in `rejected_events` and
+terminated; the batch around it is written event by event so the rest of it still applies.
 
 One logs instance per prefix: two would recreate each other's consumers.
 """
