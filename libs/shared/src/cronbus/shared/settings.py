@@ -51,6 +51,9 @@ class Settings:
     lease_margin: float = 0.5
     # Runner
     concurrency: int = 8
+    # HTTP runs in flight besides the `concurrency` slots (an HTTP run holds no process, only a
+    # connection); when these are taken, HTTP runs use the slots too.
+    http_concurrency: int = 100
     # Runner processes on this host (`cronbus runner --processes N`); each has `concurrency`
     # slots and the instance id `<instance_id>-<k>`. `up` picks one per core unless told.
     processes: int = 1
@@ -146,6 +149,7 @@ _HELP = {
     "lease_renew": "how often the leader renews its lease",
     "lease_margin": "how long before its lease could expire a leader stops publishing",
     "concurrency": "runs one runner process executes at once",
+    "http_concurrency": "HTTP runs one runner process keeps in flight besides its concurrency slots",
     "processes": "runner processes to start on this host, each with its own slots (up: one per core)",
     "ack_wait": "how long a dispatch stays with a runner without a heartbeat",
     "heartbeat": "how often a runner signals progress and presence",
@@ -189,7 +193,15 @@ _HISTORY_DB = frozenset({"database_url", "data_dir"})
 SERVICE_SETTINGS: dict[str, frozenset[str]] = {
     "scheduler": _COMMON | {"lease_renew", "lease_margin"},
     "runner": _COMMON
-    | {"pools", "concurrency", "processes", "ack_wait", "output_cap", "job_env_passthrough"},
+    | {
+        "pools",
+        "concurrency",
+        "http_concurrency",
+        "processes",
+        "ack_wait",
+        "output_cap",
+        "job_env_passthrough",
+    },
     "logs": _COMMON
     | _HISTORY_DB
     | {

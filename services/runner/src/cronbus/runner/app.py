@@ -24,6 +24,7 @@ from cronbus.runner.presence import Presence
 from cronbus.runner.processes import Reaper
 from cronbus.runner.runs import RunHandler
 from cronbus.shared.bus import Bus
+from cronbus.shared.events import HttpExecutor, MalformedEvent, RunDispatched, decode_dispatch
 from cronbus.shared.settings import Settings
 from cronbus.shared.tracing import setup_tracing
 
@@ -72,6 +73,17 @@ class Slots:
             return 0
         return granted.result()
 
+    def try_take_one(self) -> bool:
+        """One free slot now, if there is one nobody waits for."""
+        if self.free and not self._waiting:
+            self.free -= 1
+            return True
+        return False
+
+    def give_one(self, _: object = None) -> None:
+        """One slot back (usable as a task's done callback)."""
+        self.give(1)
+
     def give(self, count: int = 1) -> None:
         self.free += count
         while self.free and self._waiting:
@@ -114,11 +126,12 @@ class RunnerService:
         bus = await Bus.open_when_ready(self.settings, "runner", stopping)
         if bus is None:
             return
-        http = http_client(settings.concurrency)
+        http = http_client(settings.concurrency + settings.http_concurrency)
         # Ends the runs' process groups if this process is killed (it cannot do so itself).
         reaper = Reaper()
         reaper.start()
         presence_task: asyncio.Task[None] | None = None
+        heartbeat_task: asyncio.Task[None] | None = None
         fetchers: list[asyncio.Task[None]] = []
         cancel_sub: Subscription | None = None
         pulls: list[JetStreamContext.PullSubscription] = []
@@ -146,20 +159,23 @@ class RunnerService:
             cancel_sub = await bus.nc.subscribe(names.cancel_subject("*"), cb=on_cancel)
             await presence.publish()
             presence_task = asyncio.create_task(presence.keep(work_done), name="runner-presence")
+            heartbeat_task = asyncio.create_task(handler.keep_alive(work_done), name="runner-heartbeat")
             slots = Slots(settings.concurrency, sharers=len(settings.pools))
+            http_slots = Slots(settings.http_concurrency)
             for pool in settings.pools:
                 sub = await self._bind(bus.js, pool)
                 pulls.append(sub)
                 fetchers.append(
                     asyncio.create_task(
-                        self._fetch(sub, pool, slots, handler, stopping), name=f"fetch-{pool}"
+                        self._fetch(sub, pool, slots, http_slots, handler, stopping), name=f"fetch-{pool}"
                     )
                 )
             log.info(
-                "runner %s serving pools %s with %d slots",
+                "runner %s serving pools %s with %d slots and %d more for HTTP runs",
                 settings.instance_id,
                 ",".join(settings.pools),
                 settings.concurrency,
+                settings.http_concurrency,
             )
             self.ready.set()
             await stopping.wait()
@@ -172,9 +188,10 @@ class RunnerService:
                     task.cancel()
             if fetchers:
                 await asyncio.wait(fetchers, timeout=5.0)
-            if presence_task is not None:
-                await asyncio.wait([presence_task], timeout=5.0)
-                presence_task.cancel()
+            for keeper in (presence_task, heartbeat_task):
+                if keeper is not None:
+                    await asyncio.wait([keeper], timeout=5.0)
+                    keeper.cancel()
             if presence is not None:
                 await presence.withdraw()
             # Unsubscribe first: draining a pull subscription waits on fetch bookkeeping that
@@ -223,9 +240,15 @@ class RunnerService:
         sub: JetStreamContext.PullSubscription,
         pool: str,
         slots: Slots,
+        http_slots: Slots,
         handler: RunHandler,
         stopping: asyncio.Event,
     ) -> None:
+        """Fetch as many dispatches as there are free slots, and start them.
+
+        A fetched HTTP run moves to a free HTTP slot, giving its slot back at once; with none
+        free it keeps the slot it was fetched with. No fetched message ever waits to start.
+        """
         while not stopping.is_set():
             count = await slots.take(stopping)
             if count == 0:
@@ -251,10 +274,16 @@ class RunnerService:
                     await _nak_quietly(msg)
                     slots.give(1)
                     continue
-                task = asyncio.create_task(handler.handle(msg), name=f"run-{msg.subject}")
+                dispatch = _decoded(msg)
+                held = slots
+                is_http = dispatch is not None and isinstance(dispatch.spec.executor, HttpExecutor)
+                if is_http and http_slots.try_take_one():
+                    slots.give(1)
+                    held = http_slots
+                task = asyncio.create_task(handler.handle(msg, dispatch), name=f"run-{msg.subject}")
                 self._runs.add(task)
                 task.add_done_callback(self._runs.discard)
-                task.add_done_callback(lambda _t: slots.give(1))
+                task.add_done_callback(held.give_one)
 
     async def _finish_in_flight(self, handler: RunHandler) -> None:
         """Let in-flight runs finish within the grace period; hand the rest back."""
@@ -270,6 +299,14 @@ class RunnerService:
         for task in stuck:
             log.error("run task %s did not stop; cancelling it", task.get_name())
             task.cancel()
+
+
+def _decoded(msg: Msg) -> RunDispatched | None:
+    """The dispatch, or None when it is malformed (the handler reports that)."""
+    try:
+        return decode_dispatch(msg.data)
+    except MalformedEvent:
+        return None
 
 
 async def _nak_quietly(msg: Msg) -> None:

@@ -28,7 +28,7 @@ from cronbus.runner.environment import RunIdentity, job_environment, parse_passt
 from cronbus.runner.executors import HttpClient, RunControl, execution_for
 from cronbus.runner.output import Chunk, Chunker, LiveOutput
 from cronbus.runner.overlap import Holder, RunningRecords
-from cronbus.runner.processes import Reaper, stop_task
+from cronbus.runner.processes import Reaper
 from cronbus.shared.bus import MSG_ID
 from cronbus.shared.events import (
     Event,
@@ -219,6 +219,8 @@ class RunHandler:
         self._runner_env = dict(os.environ)
         self._passthrough = parse_passthrough(settings.job_env_passthrough)
         self._handing_back = False
+        # Deliveries in flight by id(msg), for the one heartbeat loop (`keep_alive`).
+        self._deliveries: dict[int, Msg] = {}
         self.host = socket.gethostname()
         self.pid = os.getpid()
         self._tracer = tracer("cronbus.runner")
@@ -236,16 +238,20 @@ class RunHandler:
         for control in self.active.values():
             control.interrupt("handed_back")
 
-    async def handle(self, msg: Msg) -> None:
-        """Never raises: every failure is logged and the message nak'ed or terminated."""
-        heartbeat = asyncio.create_task(self._heartbeat(msg), name="heartbeat")
+    async def handle(self, msg: Msg, dispatch: RunDispatched | None = None) -> None:
+        """Never raises: every failure is logged and the message nak'ed or terminated.
+
+        `dispatch` is the message already decoded, when it was.
+        """
+        self._deliveries[id(msg)] = msg
         try:
             with self._tracer.start_as_current_span("run", context=extract_context(msg.headers)):
-                try:
-                    dispatch = decode_dispatch(msg.data)
-                except MalformedEvent as exc:
-                    await self._reject(msg, exc)
-                    return
+                if dispatch is None:
+                    try:
+                        dispatch = decode_dispatch(msg.data)
+                    except MalformedEvent as exc:
+                        await self._reject(msg, exc)
+                        return
                 await self._handle(msg, dispatch)
         except Exception:
             log.exception("handling dispatch %s failed; it will be delivered again", _describe(msg))
@@ -254,15 +260,22 @@ class RunHandler:
             except Exception as exc:
                 log.warning("nak failed (%s); the message comes back after ack_wait", exc)
         finally:
-            await stop_task(heartbeat)
+            self._deliveries.pop(id(msg), None)
 
-    async def _heartbeat(self, msg: Msg) -> None:
+    async def keep_alive(self, until: asyncio.Event) -> None:
+        """Every `heartbeat` seconds until `until` is set, tell JetStream that each delivery in
+        flight is still being worked on, so none goes to another runner after `ack_wait`."""
         while True:
-            await asyncio.sleep(self.settings.heartbeat)
             try:
-                await msg.in_progress()
-            except Exception as exc:
-                log.warning("heartbeat for %s failed: %s", _describe(msg), exc)
+                await asyncio.wait_for(until.wait(), timeout=self.settings.heartbeat)
+                return
+            except TimeoutError:
+                pass
+            for msg in list(self._deliveries.values()):
+                try:
+                    await msg.in_progress()
+                except Exception as exc:
+                    log.warning("heartbeat for %s failed: %s", _describe(msg), exc)
 
     async def _reject(self, msg: Msg, exc: MalformedEvent) -> None:
         """A dispatch this runner cannot run: report it when the run is identifiable, then term."""
@@ -339,7 +352,11 @@ class RunHandler:
         chunker = Chunker(cap=self.settings.output_cap, secrets=secret_values(d.spec.executor))
         output = LiveOutput(self._chunk_publisher(d, attempt), chunker)
         control = RunControl(
-            output=output, timeout=d.spec.timeout, env=self._job_env(d, attempt), reaper=self.reaper
+            output=output,
+            timeout=d.spec.timeout,
+            # Only a process has an environment; building one for every HTTP run would be waste.
+            env=self._job_env(d, attempt) if isinstance(d.spec.executor, ShellExecutor) else {},
+            reaper=self.reaper,
         )
         self.active[d.run_id] = control
         if self._handing_back:
