@@ -133,3 +133,15 @@ async def test_a_job_read_and_sent_back_keeps_its_secrets(api: Api) -> None:
     spec = await stored(api, dump["id"])
     assert isinstance(spec, ShellExecutor)
     assert spec.env["PGPASSWORD"] == "new-password"
+
+
+async def test_a_masked_secret_without_a_stored_value_is_refused(lite_api: Api) -> None:
+    """"***" keeps a stored secret; a new job (say, made from an export) has none to keep."""
+    body = {
+        "name": "from-export",
+        "schedule": "0 3 * * *",
+        "executor": {"type": "http", "url": "http://127.0.0.1:9/x", "headers": {"Authorization": "***"}},
+    }
+    answer = await lite_api.client.post("/v1/jobs", json=body, headers=lite_api.auth())
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["errors"][0]["field"] == "executor.headers.Authorization"

@@ -37,6 +37,7 @@ from cronbus.api.schemas import (
 from cronbus.shared.durations import DurationError, format_duration, parse_duration
 from cronbus.shared.events import (
     Catchup,
+    Executor,
     HttpExecutor,
     JobCreated,
     JobDeleted,
@@ -210,6 +211,8 @@ def check_spec(job: JobIn, prefix: str = "") -> tuple[JobSpec | None, list[Field
     executor = _executor(errors, job.executor)
     retention = _retention(errors, job.retention)
     anchor = limits.check_instant(errors, "anchor", job.anchor)
+    if executor is not None:
+        _check_no_mask(errors, executor)
     if errors:
         return None, [FieldError(field=prefix + e.field, reason=e.reason) for e in errors]
     assert executor is not None
@@ -366,6 +369,22 @@ def patched_spec(spec: JobSpec, patch: JobPatch) -> JobSpec:
     except msgspec.ValidationError as exc:
         raise InvalidInput([limits.field_error(str(exc))]) from None
     return spec_from_input(job)
+
+
+def _check_no_mask(errors: list[FieldError], executor: Executor) -> None:
+    """A secret given as "***" only keeps a stored value (a PATCH restores it before this):
+    one still "***" here has none, e.g. a new job made from an export."""
+    bag, values = (
+        ("env", executor.env) if isinstance(executor, ShellExecutor) else ("headers", executor.headers)
+    )
+    for name in secret_names(executor):
+        if values[name] == MASK:
+            errors.append(
+                FieldError(
+                    field=f"executor.{bag}.{name}",
+                    reason=f'"{MASK}" stands for a stored secret and this job has none: give the value',
+                )
+            )
 
 
 def _unmasked(spec: JobSpec, executor: dict[str, Any]) -> dict[str, Any]:
