@@ -62,3 +62,17 @@ def service_command(service: str, *, nats_url: str, prefix: str, instance_id: st
         sys.executable, "-m", "cronbus.shared.cli", service,
         "--nats-url", nats_url, "--prefix", prefix, "--instance-id", instance_id,
     ]  # fmt: skip
+
+
+async def stop_process(proc: asyncio.subprocess.Process, timeout: float = 30.0) -> int:
+    """SIGTERM, then SIGKILL if `proc` has not exited within `timeout`; its exit code."""
+    import contextlib
+    import signal
+
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGTERM)
+    try:
+        return await asyncio.wait_for(proc.wait(), timeout=timeout)
+    except TimeoutError:
+        proc.kill()
+        return await proc.wait()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import tempfile
 import time
 import uuid
@@ -39,7 +38,7 @@ from cronbus.shared.history.store import create_engine
 from cronbus.shared.natsd import EmbeddedNats
 from cronbus.shared.settings import Settings, build_settings
 from tests.bench.common import Figure
-from tests.support import service_command
+from tests.support import service_command, stop_process
 
 RUNS = 10_000  # 4 events each
 TARGET = 20_000.0
@@ -125,12 +124,7 @@ async def project(settings: Settings, database_url: str, workdir: Path, runs: in
             await asyncio.sleep(0.05)
         raise RuntimeError(f"projection did not finish within 600 s; see {workdir / 'logs.log'}")
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), timeout=30)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
+        await stop_process(proc, timeout=30)
 
 
 @contextlib.asynccontextmanager

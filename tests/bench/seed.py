@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import sys
 import tempfile
 import time
@@ -30,6 +29,7 @@ from pathlib import Path
 import httpx
 
 from tests.bench.common import Figure, percentile
+from tests.support import stop_process
 
 BATCH = 1000
 INTERVAL = 60.0
@@ -98,12 +98,7 @@ async def cronbus_up(data_dir: Path, log: Path) -> AsyncIterator[dict[str, str]]
                 await asyncio.sleep(0.2)
         yield state
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), timeout=60)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
+        await stop_process(proc, timeout=60)
 
 
 def job_body(i: int, url: str) -> dict[str, object]:
