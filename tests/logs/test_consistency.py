@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import delete, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from cronbus.logs import precedence
 from cronbus.logs.consistency import compare
 from cronbus.shared.bus import Bus
 from cronbus.shared.cli import main
@@ -163,3 +164,28 @@ async def test_check_cannot_reach_nats_exits_2(settings: Settings, capsys: pytes
     code = await asyncio.to_thread(main, argv)
     assert code == 2
     assert "cronbus check:" in capsys.readouterr().err
+
+
+async def test_the_check_does_not_share_a_wrong_precedence_rule_with_the_projection(
+    history_settings: Settings, bus: Bus, history: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+):
+    """RUNS decides a run's status whenever it has events for it. With the rule that let a
+    dispatch published on a later try out-rank the run's outcome (restored here), SQL and
+    a projection of the streams by the same code agree with each other, and the check still
+    reports the run, as its RUNS events say."""
+    s = history_settings
+    monkeypatch.setattr(precedence, "DISPATCH_ATTEMPT", 3)
+    events = [e for e in run_events("job-a", T0, attempts=1) if not isinstance(e, LogChunk)]
+    await publish(bus, s, job_created("job-a"), *events)
+    await _projected(s, bus, history)
+    [row] = await rows(history, runs)
+    assert (row["status"], row["attempt"]) == ("dispatched", 3)
+
+    report = await compare(s.nats_url, s.database_url, s.prefix)
+    assert report.counts == {"run_status": 1}, report.table()
+    [diff] = report.differences
+    assert (diff.streams, diff.sql) == ("succeeded (attempt 1)", "dispatched (attempt 3)")
+    report = await compare(s.nats_url, s.database_url, s.prefix, repair=True)
+    assert report.ok, report.table()
+    [row] = await rows(history, runs)
+    assert (row["status"], row["attempt"], row["exit_code"]) == ("succeeded", 1, 0)

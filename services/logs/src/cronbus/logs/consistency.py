@@ -4,6 +4,8 @@ The streams are the truth. The check reads JOBS, DISPATCH and RUNS from their fi
 up to the last one at the start of the check and projects them, with the projector's own
 code (`write_batch`, so cleaning and poison handling are the same), into a scratch SQLite
 database in a temporary directory: memory stays bounded whatever the size of the streams.
+RUNS is also projected alone: where it has events for a run, they decide its status, so a
+wrong precedence between the streams (shared by SQL and the scratch projection) still shows.
 It then walks the scratch projection in key order, a page at a time, and compares each page
 with the history database:
 
@@ -158,12 +160,21 @@ async def compare(
     try:
         with tempfile.TemporaryDirectory(prefix="cronbus-check-") as scratch_dir:
             scratch = create_engine(f"sqlite+aiosqlite:///{Path(scratch_dir) / 'streams.db'}")
+            runs_only = create_engine(f"sqlite+aiosqlite:///{Path(scratch_dir) / 'runs.db'}")
             try:
                 await migrate(scratch)
-                check = _Check(nc.jetstream(timeout=10.0), HistoryWriter(scratch), engine, runs_per_job)
+                await migrate(runs_only)
+                check = _Check(
+                    nc.jetstream(timeout=10.0),
+                    HistoryWriter(scratch),
+                    HistoryWriter(runs_only),
+                    engine,
+                    runs_per_job,
+                )
                 return await check.run([f for f in feeds(names) if f.kind != "logs"], repair)
             finally:
                 await scratch.dispose()
+                await runs_only.dispose()
     finally:
         await engine.dispose()
         await nc.close()
@@ -187,9 +198,20 @@ async def _connect(nats_url: str) -> NATS:
 
 
 class _Check:
-    def __init__(self, js: JetStreamContext, scratch: HistoryWriter, history: AsyncEngine, runs_per_job: int):
+    def __init__(
+        self,
+        js: JetStreamContext,
+        scratch: HistoryWriter,
+        runs_only: HistoryWriter,
+        history: AsyncEngine,
+        runs_per_job: int,
+    ) -> None:
         self.js = js
         self.scratch = scratch
+        # RUNS projected alone: the status the runner's events give, which no dispatch may
+        # override. Checked separately so that a wrong precedence rule (which the scratch
+        # projection would share with SQL) still shows.
+        self.runs_only = runs_only
         self.history = history
         self.runs_per_job = runs_per_job
         # Finished runs kept per job (its own retention, else runs_per_job); see _kept_runs.
@@ -227,6 +249,8 @@ class _Check:
                 for seq, subject, data in batch
             ]
             await write_batch(self.scratch, f"check-{feed.kind}", feed.stream, items)
+            if feed.kind == "runs":
+                await write_batch(self.runs_only, "check-runs", feed.stream, items)
         return last
 
     async def _compare(self, report: Report, *, repair: bool) -> Report:
@@ -275,9 +299,15 @@ class _Check:
     async def _compare_runs(self, report: Report, repair: bool, *, newer_runs: bool) -> None:
         kept = await self._kept_runs()
         compared = 0
-        async for page in _pages(self.scratch.engine, runs):
-            compared += len(page)
-            keys = [row["id"] for row in page]
+        async for projected in _pages(self.scratch.engine, runs):
+            compared += len(projected)
+            keys = [row["id"] for row in projected]
+            async with self.runs_only.engine.connect() as conn:
+                by_runs = {
+                    m.id: dict(m._mapping)
+                    for m in await conn.execute(select(runs).where(runs.c.id.in_(keys)))
+                }
+            page = [_as_runs_say(row, by_runs.get(row["id"])) for row in projected]
             async with self._sql(repair) as conn:
                 stmt = select(runs).where(runs.c.id.in_(keys))
                 if repair and conn.dialect.name == "postgresql":
@@ -370,6 +400,18 @@ def _run_difference(want: dict[str, Any], have: dict[str, Any] | None, newer: bo
     if fields:
         return Difference("run_differs", want["id"], _show(want, fields), _show(have, fields))
     return None
+
+
+def _as_runs_say(projected: dict[str, Any], by_runs: dict[str, Any] | None) -> dict[str, Any]:
+    """The run as the streams say: the projection of all streams, except that whenever RUNS
+    has events for the run, its status and attempt (and that attempt's columns) are what
+    RUNS alone gives."""
+    if by_runs is None or (by_runs["status"], by_runs["attempt"]) == (
+        projected["status"],
+        projected["attempt"],
+    ):
+        return projected
+    return projected | {name: by_runs[name] for name in ("status", "attempt", *precedence.ATTEMPT_COLUMNS)}
 
 
 def _show(row: dict[str, Any], fields: Sequence[str]) -> str:
