@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -13,11 +14,16 @@ from cronbus.shared.bus import Bus
 from cronbus.shared.events import HttpExecutor, Retries
 from cronbus.shared.settings import Settings
 from tests.runner.support import dispatch, final_outcome, output_of, running
+from tests.support import wait_for
 
 
 class LocalServer:
     def __init__(self) -> None:
         self.hits: dict[str, int] = {}
+        # Requests being answered right now, and the most there were at once.
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self.lock = threading.Lock()
         self.bodies: list[bytes] = []
         self.release = threading.Event()
         self.httpd: ThreadingHTTPServer | None = None
@@ -45,8 +51,21 @@ def server() -> Iterator[LocalServer]:
             self.wfile.write(body)
 
         def do_GET(self) -> None:
-            state.hits[self.path] = state.hits.get(self.path, 0) + 1
-            if self.path == "/flaky":
+            with state.lock:
+                state.hits[self.path] = state.hits.get(self.path, 0) + 1
+                state.in_flight += 1
+                state.most_in_flight = max(state.most_in_flight, state.in_flight)
+            try:
+                self._answer_get()
+            finally:
+                with state.lock:
+                    state.in_flight -= 1
+
+        def _answer_get(self) -> None:
+            if self.path.startswith("http://"):
+                # An absolute URL in the request line: this server is being used as a proxy.
+                self._reply(200, f"proxied {self.path}".encode())
+            elif self.path == "/flaky":
                 if state.hits[self.path] == 1:
                     self._reply(500, b"broken")
                 else:
@@ -192,5 +211,88 @@ async def test_secret_header_values_are_masked_in_the_response_body(settings: Se
             assert result.status == "succeeded"
             output = await output_of(bus.js, settings, d.run_id)
             assert output == f"HTTP 200 OK from GET {server.url}/cookie\n".encode() + b"***"
+    finally:
+        await bus.close()
+
+
+async def test_http_runs_are_not_limited_by_the_slots(settings: Settings, server: LocalServer):
+    # One slot (for processes), four HTTP runs in flight at once: they have capacity of their own.
+    bus = await Bus.open(settings, "test")
+    try:
+        async with running(settings, concurrency=1, http_concurrency=4):
+            runs = [
+                await dispatch(bus.js, settings, HttpExecutor(url=f"{server.url}/hang")) for _ in range(4)
+            ]
+            await wait_for(lambda: server.in_flight == 4, timeout=15, what="4 HTTP runs in flight at once")
+            server.release.set()
+            for run in runs:
+                assert (await final_outcome(bus.js, settings, run.run_id)).status == "succeeded"
+            assert server.most_in_flight == 4
+    finally:
+        await bus.close()
+
+
+async def test_http_runs_beyond_their_capacity_use_the_slots(settings: Settings, server: LocalServer):
+    bus = await Bus.open(settings, "test")
+    try:
+        async with running(settings, concurrency=2, http_concurrency=1):
+            runs = [
+                await dispatch(bus.js, settings, HttpExecutor(url=f"{server.url}/hang")) for _ in range(5)
+            ]
+            await wait_for(lambda: server.in_flight == 3, timeout=15, what="3 HTTP runs in flight at once")
+            server.release.set()
+            for run in runs:
+                assert (await final_outcome(bus.js, settings, run.run_id)).status == "succeeded"
+            # Never more than the HTTP capacity plus the slots.
+            assert server.most_in_flight == 3
+    finally:
+        await bus.close()
+
+
+async def test_http_runs_go_through_the_proxy_named_in_the_environment(
+    settings: Settings, server: LocalServer, monkeypatch: pytest.MonkeyPatch
+):
+    for name in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", server.url)
+    bus = await Bus.open(settings, "test")
+    try:
+        async with running(settings):
+            url = "http://callback.invalid/hook"
+            d = await dispatch(bus.js, settings, HttpExecutor(url=url))
+            assert (await final_outcome(bus.js, settings, d.run_id)).status == "succeeded"
+            assert (await output_of(bus.js, settings, d.run_id)).endswith(f"proxied {url}".encode())
+    finally:
+        await bus.close()
+
+
+@pytest.mark.parametrize(
+    ("host", "no_proxy", "bypasses"),
+    [
+        ("example.com", "", False),
+        ("example.com", "*", True),
+        ("example.com", "example.com", True),
+        ("api.example.com", ".example.com", True),
+        ("api.example.com", "other.org, example.com", True),
+        ("notexample.com", "example.com", False),
+        ("EXAMPLE.com", "example.COM", True),
+    ],
+)
+def test_no_proxy_names_hosts_and_the_domains_under_them(host: str, no_proxy: str, bypasses: bool):
+    assert executors._bypasses(host, no_proxy) is bypasses
+
+
+async def test_a_run_writes_no_info_line(
+    settings: Settings, server: LocalServer, caplog: pytest.LogCaptureFixture
+):
+    # A busy runner does thousands of runs a second: one INFO line each would drown the log.
+    bus = await Bus.open(settings, "test")
+    try:
+        async with running(settings):
+            with caplog.at_level(logging.INFO, logger="cronbus.runner"):
+                d = await dispatch(bus.js, settings, HttpExecutor(url=f"{server.url}/ok"))
+                assert (await final_outcome(bus.js, settings, d.run_id)).status == "succeeded"
+            lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+            assert not [line for line in lines if d.run_id in line], lines
     finally:
         await bus.close()
