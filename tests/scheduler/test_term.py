@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from cronbus.scheduler.domain import Fence, Timetable, to_ms
+from cronbus.scheduler.history import dedupe_covers
 from cronbus.scheduler.lease import Term
 from cronbus.scheduler.watermark import FAILOVER_LIMIT, Start, failover_grace
 from cronbus.shared.events import Catchup, JobCreated
@@ -74,3 +75,11 @@ def test_a_takeover_after_a_failover_dispatches_the_slots_of_a_latest_job_as_sch
     table.follow()
     table.lead(start.at, now, set())
     assert len(table.pop_due(now)) == 1 + 5  # the newest missed one and the 5 s of grace
+
+
+def test_a_takeover_goes_on_without_history_only_inside_the_dedupe_window() -> None:
+    """Reading DISPATCH fails while the cluster elects a meta leader; skipping the read is safe
+    only while every slot since the watermark is still deduplicated by JetStream."""
+    assert dedupe_covers(since=1_000.0, now=1_030.0, window=600.0, margin=10.0)
+    assert not dedupe_covers(since=1_000.0, now=1_595.0, window=600.0, margin=10.0)
+    assert not dedupe_covers(since=1_000.0, now=1_000.5, window=1.0, margin=10.0)

@@ -31,7 +31,7 @@ from cronbus.scheduler.domain import (
     watermark_of,
 )
 from cronbus.scheduler.feed import JobFeed
-from cronbus.scheduler.history import dispatched_since
+from cronbus.scheduler.history import dedupe_covers, dispatched_since
 from cronbus.scheduler.lease import Lease, Term
 from cronbus.scheduler.publish import AckedPublisher
 from cronbus.scheduler.watermark import Start, failover_grace, read_watermark, write_watermark
@@ -209,12 +209,12 @@ class SchedulerService:
         assert lease is not None
         started = time.monotonic()
         term = Term(self.fence, lambda: connection_epoch(bus), revision=lease.revision)
-        deadline = self.fence.deadline
+        deadline = self.fence.deadline or started
         try:
             # Nothing renews the lease while the takeover reads: it must be done before the
             # fence closes.
             start, dispatched = await asyncio.wait_for(
-                self._read_start(bus, state_kv), timeout=max(0.1, (deadline or started) - started)
+                self._read_start(bus, state_kv, deadline), timeout=max(0.1, deadline - started)
             )
         except Exception as exc:
             log.warning("takeover failed (%r); giving the lease back", exc)
@@ -245,20 +245,40 @@ class SchedulerService:
             (time.monotonic() - started) * 1000,
         )
 
-    async def _read_start(self, bus: Bus, state_kv: KeyValue) -> tuple[Start, set[str]]:
+    async def _read_start(self, bus: Bus, state_kv: KeyValue, deadline: float) -> tuple[Start, set[str]]:
         """The watermark (written now on a fresh installation: a successor of a leader that dies
-        in its first second starts from here) and the slots dispatched since a little before it."""
+        in its first second starts from here) and the slots dispatched since a little before it,
+        reading before monotonic `deadline`.
+
+        If that read fails while every slot since then is still inside DISPATCH's dedupe window
+        (a failover, not days of downtime), the takeover goes on without it: what is already
+        stored is dropped as a duplicate. The read then gets half the time, so the term can
+        still begin before the fence closes."""
         start = await read_watermark(state_kv)
         if start is None:
             now = time.time()
             start = Start(at=now, written=now)
             await write_watermark(state_kv, now, leader=self.settings.instance_id, now=now)
-        dispatched = await dispatched_since(
-            bus.js,
-            self.settings.names,
-            to_datetime(start.at - HISTORY_MARGIN),
-            timeout=max(0.2, self.settings.lease_ttl - self.settings.lease_margin),
-        )
+        since = start.at - HISTORY_MARGIN
+        covered = dedupe_covers(since, time.time(), self.settings.dedupe_window, margin=HISTORY_MARGIN)
+        budget = max(0.1, deadline - time.monotonic())
+        if covered:
+            budget /= 2
+        try:
+            dispatched = await asyncio.wait_for(
+                dispatched_since(bus.js, self.settings.names, to_datetime(since), timeout=budget), budget
+            )
+        except Exception as exc:
+            if not covered:
+                raise
+            log.warning(
+                "reading DISPATCH since %s failed (%r); going on without it: every slot since then is "
+                "inside the %.0fs dedupe window",
+                to_datetime(since).isoformat(),
+                exc,
+                self.settings.dedupe_window,
+            )
+            return start, set()
         return start, dispatched
 
     def _step_down(self) -> None:
