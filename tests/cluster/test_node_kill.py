@@ -19,6 +19,7 @@ import signal
 import subprocess
 from collections import Counter
 from datetime import datetime, timedelta
+from itertools import pairwise
 from pathlib import Path
 
 import asyncpg
@@ -275,7 +276,9 @@ async def test_every_slot_once_and_history_equal_to_streams_across_node_kills(
             await bus.close()
 
     assert cluster.kills == KILLS, kills
-    print(f"kills: {kills}; dispatches: {len(dispatches)}; runs: {len(statuses)}")
+    stored = sorted(d.stored_at for d in dispatches)
+    pause = max((b - a).total_seconds() for a, b in pairwise(stored))
+    print(f"kills: {kills}; dispatches: {len(dispatches)}; runs: {len(statuses)}; longest pause {pause:.1f}s")
 
 
 def assert_every_slot_once(dispatches: list[Dispatch]) -> None:
