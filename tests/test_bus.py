@@ -45,3 +45,15 @@ async def test_bootstrap_is_idempotent_and_applies_changed_limits(settings: Sett
             assert (await bus.js.stream_info(stream)).config.name == stream
     finally:
         await bus.close()
+
+
+async def test_bootstrap_shortens_a_bucket_ttl(settings: Settings):
+    """A shorter TTL than the bucket has (e.g. a lower CRONBUS_LEASE_TTL or CRONBUS_HEARTBEAT)
+    shortens its dedupe window too: the server refuses a window longer than the max age."""
+    bus = await Bus.open(settings, "test")
+    try:
+        await ensure_topology(bus.js, replace(settings, lease_ttl=1.0))
+        kv = await bus.js.key_value(settings.names.leader_bucket)
+        assert (await kv.status()).ttl == pytest.approx(1.0)
+    finally:
+        await bus.close()
