@@ -5,15 +5,16 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from cronbus.runner import executors
 from cronbus.shared.bus import Bus
-from cronbus.shared.events import HttpExecutor, Retries
+from cronbus.shared.events import HttpExecutor, Retries, RunFinished, RunStarted, ShellExecutor
 from cronbus.shared.settings import Settings
-from tests.runner.support import dispatch, final_outcome, output_of, running
+from tests.runner.support import dispatch, final_outcome, output_of, run_events, running
 from tests.support import wait_for
 
 
@@ -294,5 +295,34 @@ async def test_a_run_writes_no_info_line(
                 assert (await final_outcome(bus.js, settings, d.run_id)).status == "succeeded"
             lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
             assert not [line for line in lines if d.run_id in line], lines
+    finally:
+        await bus.close()
+
+
+async def test_runs_fetched_for_the_http_capacity_never_exceed_the_slots(
+    settings: Settings, server: LocalServer
+):
+    # The first fetch (one slot) takes the HTTP run; after that batch of only HTTP runs the
+    # runner fetches for its HTTP capacity too and gets the four shell runs at once: those beyond
+    # the one slot go back to the pool instead of running.
+    bus = await Bus.open(settings, "test")
+    try:
+        first = await dispatch(bus.js, settings, HttpExecutor(url=f"{server.url}/ok"))
+        shell = [await dispatch(bus.js, settings, ShellExecutor(command="sleep 0.3")) for _ in range(4)]
+        async with running(settings, concurrency=1, http_concurrency=4):
+            assert (await final_outcome(bus.js, settings, first.run_id)).status == "succeeded"
+            edges: list[tuple[datetime, int]] = []
+            for d in shell:
+                assert (await final_outcome(bus.js, settings, d.run_id)).status == "succeeded"
+                for e in await run_events(bus.js, settings, d.run_id):
+                    if isinstance(e, RunStarted):
+                        edges.append((e.occurred_at, 1))
+                    elif isinstance(e, RunFinished):
+                        edges.append((e.occurred_at, -1))
+            in_flight = peak = 0
+            for _, step in sorted(edges, key=lambda edge: (edge[0], edge[1])):
+                in_flight += step
+                peak = max(peak, in_flight)
+            assert peak == 1
     finally:
         await bus.close()

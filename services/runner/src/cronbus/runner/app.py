@@ -73,6 +73,15 @@ class Slots:
             return 0
         return granted.result()
 
+    def take_now(self) -> int:
+        """A fair share of the free slots without waiting: 0 when none is free or some fetcher
+        already waits for one."""
+        if self.free and not self._waiting:
+            taken = self._share()
+            self.free -= taken
+            return taken
+        return 0
+
     def try_take_one(self) -> bool:
         """One free slot now, if there is one nobody waits for."""
         if self.free and not self._waiting:
@@ -161,7 +170,7 @@ class RunnerService:
             presence_task = asyncio.create_task(presence.keep(work_done), name="runner-presence")
             heartbeat_task = asyncio.create_task(handler.keep_alive(work_done), name="runner-heartbeat")
             slots = Slots(settings.concurrency, sharers=len(settings.pools))
-            http_slots = Slots(settings.http_concurrency)
+            http_slots = Slots(settings.http_concurrency, sharers=len(settings.pools))
             for pool in settings.pools:
                 sub = await self._bind(bus.js, pool)
                 pulls.append(sub)
@@ -246,44 +255,64 @@ class RunnerService:
     ) -> None:
         """Fetch as many dispatches as there are free slots, and start them.
 
-        A fetched HTTP run moves to a free HTTP slot, giving its slot back at once; with none
-        free it keeps the slot it was fetched with. No fetched message ever waits to start.
+        An HTTP run takes a free HTTP slot, and only when there is none one of the slots. While
+        the pool's last batch held only HTTP runs, a fetch asks for the free HTTP slots too (a
+        fair share of them), so an HTTP pool is not fetched `concurrency` messages at a time.
+        A run that needs a slot and finds none free (fetched for the HTTP capacity) goes back
+        to the pool at once, and the next fetches ask for the slots only. No fetched message
+        ever waits to start.
         """
+        http_pool = False
         while not stopping.is_set():
             count = await slots.take(stopping)
             if count == 0:
                 return
+            extra = http_slots.take_now() if http_pool else 0
             msgs: list[Msg] = []
             try:
-                msgs = await sub.fetch(batch=count, timeout=FETCH_WAIT)
+                msgs = await sub.fetch(batch=count + extra, timeout=FETCH_WAIT)
             except nats.errors.TimeoutError:
                 pass
             except Exception as exc:
                 # NATS restarting, or the consumer briefly unavailable: keep trying.
                 log.warning("fetching from pool %s failed: %s", pool, exc)
                 slots.give(count)
+                http_slots.give(extra)
                 try:
                     await asyncio.wait_for(stopping.wait(), timeout=0.5)
                 except TimeoutError:
                     pass
                 continue
-            slots.give(count - len(msgs))
+            if msgs:
+                http_pool = True
             for msg in msgs:
                 if stopping.is_set():
                     # Fetched while stopping began: give it straight back to another runner.
                     await _nak_quietly(msg)
-                    slots.give(1)
                     continue
                 dispatch = _decoded(msg)
-                held = slots
                 is_http = dispatch is not None and isinstance(dispatch.spec.executor, HttpExecutor)
-                if is_http and http_slots.try_take_one():
-                    slots.give(1)
+                held: Slots
+                if is_http and extra:
+                    extra -= 1
                     held = http_slots
+                elif is_http and http_slots.try_take_one():
+                    held = http_slots
+                elif count:
+                    count -= 1
+                    held = slots
+                else:
+                    await _nak_quietly(msg)
+                    http_pool = False
+                    continue
+                if not is_http:
+                    http_pool = False
                 task = asyncio.create_task(handler.handle(msg, dispatch), name=f"run-{msg.subject}")
                 self._runs.add(task)
                 task.add_done_callback(self._runs.discard)
                 task.add_done_callback(held.give_one)
+            slots.give(count)
+            http_slots.give(extra)
 
     async def _finish_in_flight(self, handler: RunHandler) -> None:
         """Let in-flight runs finish within the grace period; hand the rest back."""
