@@ -10,11 +10,12 @@ import pytest
 from sqlalchemy import delete, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from cronbus.logs import precedence
+from cronbus.logs import consistency, precedence
 from cronbus.logs.consistency import compare
+from cronbus.logs.store import HistoryWriter, Sequenced
 from cronbus.shared.bus import Bus
 from cronbus.shared.cli import main
-from cronbus.shared.events import Event, JobUpdated, LogChunk, run_id_for
+from cronbus.shared.events import Event, JobUpdated, LogChunk, RunStarted, run_id_for
 from cronbus.shared.history.schema import jobs, projector_positions, run_attempts, runs
 from cronbus.shared.settings import Settings
 from tests.logs.harness import T0, job_created, publish, rows, run_events, running_logs, snapshot, spec
@@ -129,33 +130,38 @@ async def test_check_reports_differences_and_repair_fixes_them(
 
 
 async def test_a_run_sql_has_seen_further_than_the_snapshot_is_not_a_difference(
-    history_settings: Settings, bus: Bus, history: AsyncEngine
+    history_settings: Settings, bus: Bus, history: AsyncEngine, monkeypatch: pytest.MonkeyPatch
 ):
-    """Events projected after the check read the streams make SQL ahead, not wrong: a run that
-    SQL shows finished while the snapshot has it dispatched, with the projector past it."""
+    """An event published and projected after the check read RUNS puts SQL ahead of the
+    snapshot for good reason; SQL ahead without such an event is a difference."""
     s = history_settings
     events = [e for e in run_events("job-a", T0, attempts=1) if not isinstance(e, LogChunk)]
     await publish(bus, s, job_created("job-a"), *events)
     await _projected(s, bus, history)
     run_id = run_id_for("job-a", T0)
-    async with history.begin() as conn:
-        # As if the run finished once more (a later attempt) after the snapshot.
-        await conn.execute(update(runs).where(runs.c.id == run_id).values(attempt=5, status="running"))
-        await conn.execute(
-            update(projector_positions)
-            .where(projector_positions.c.consumer == "logs-runs")
-            .values(stream_seq=10**6)
-        )
+    writer = HistoryWriter(history)
+    read = consistency._read
+
+    async def read_then_a_new_attempt_starts(js, feed, last):  # type: ignore[no-untyped-def]
+        async for batch in read(js, feed, last):
+            yield batch
+        if feed.kind == "runs":
+            later = RunStarted(run_id=run_id, job_id="job-a", slot=T0, attempt=2, runner="r9")
+            [seq] = await publish(bus, s, later)
+            await writer.apply("logs-runs", [Sequenced(seq, later)], seq)
+
+    monkeypatch.setattr(consistency, "_read", read_then_a_new_attempt_starts)
     report = await compare(s.nats_url, s.database_url, s.prefix)
     assert report.ok, report.table()
+    [row] = await rows(history, runs)
+    assert (row["status"], row["attempt"]) == ("running", 2)
+
+    # The same row with nothing in RUNS after the snapshot to explain it: a difference.
+    monkeypatch.setattr(consistency, "_read", read)
     async with history.begin() as conn:
-        await conn.execute(
-            update(projector_positions)
-            .where(projector_positions.c.consumer == "logs-runs")
-            .values(stream_seq=2)
-        )
+        await conn.execute(update(runs).where(runs.c.id == run_id).values(attempt=5))
     report = await compare(s.nats_url, s.database_url, s.prefix)
-    assert report.counts == {"run_status": 1}
+    assert report.counts == {"run_status": 1}, report.table()
 
 
 async def test_check_cannot_reach_nats_exits_2(settings: Settings, capsys: pytest.CaptureFixture[str]):

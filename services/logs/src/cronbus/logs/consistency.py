@@ -9,17 +9,19 @@ wrong precedence between the streams (shared by SQL and the scratch projection) 
 It then walks the scratch projection in key order, a page at a time, and compares each page
 with the history database:
 
-* `job_missing`, `job_revision` (SQL has an older revision), `job_differs` (same revision,
+* `job_missing`, `job_revision` (SQL has another revision), `job_differs` (same revision,
   other name/paused/deleted), `job_extra` (in SQL, not in JOBS; reported, never repaired);
 * `run_missing` (finished runs that retention may have pruned are not counted: see
   `_pruned`), `run_status` (status or attempt differ), `run_differs` (dispatch time, runner,
   finish time or exit code differ where the streams have them).
 
-SQL that is *ahead* of the snapshot (a run already further along, a job at a newer revision,
-while the projector's position is past the snapshot) is not a difference: events arrived
-after the check started. `--repair` replaces each differing row (and a run's attempts) by
-the scratch projection's, in a transaction that first checks the difference still holds, so
-a row the live projector moved on meanwhile is left alone. Output (LOGS) is not compared.
+SQL that is *ahead* of the snapshot (a run already further along, a job at a newer revision)
+is not a difference when the row's subject has a message after the snapshot: events arrived
+after the check started. Ahead with nothing newer is a difference.
+
+`--repair` replaces each differing row (and a run's attempts) by the scratch projection's,
+in a transaction that first checks the difference still holds, so a row the live projector
+moved on meanwhile is left alone. Output (LOGS) is not compared.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from cronbus.logs.retention import RetentionLimits
 from cronbus.logs.store import HistoryWriter
 from cronbus.shared.history.schema import jobs, projector_positions, run_attempts, runs
 from cronbus.shared.history.store import create_engine, migrate
+from cronbus.shared.names import Names
 from cronbus.shared.settings import Settings, async_database_url
 
 log = logging.getLogger(__name__)
@@ -165,6 +168,7 @@ async def compare(
                 await migrate(scratch)
                 await migrate(runs_only)
                 check = _Check(
+                    names,
                     nc.jetstream(timeout=10.0),
                     HistoryWriter(scratch),
                     HistoryWriter(runs_only),
@@ -200,12 +204,14 @@ async def _connect(nats_url: str) -> NATS:
 class _Check:
     def __init__(
         self,
+        names: Names,
         js: JetStreamContext,
         scratch: HistoryWriter,
         runs_only: HistoryWriter,
         history: AsyncEngine,
         runs_per_job: int,
     ) -> None:
+        self.names = names
         self.js = js
         self.scratch = scratch
         # RUNS projected alone: the status the runner's events give, which no dispatch may
@@ -254,18 +260,23 @@ class _Check:
         return last
 
     async def _compare(self, report: Report, *, repair: bool) -> Report:
-        newer = {
-            kind: report.positions.get(f"logs-{kind}", 0) > last for kind, last in report.streams.items()
-        }
-        await self._compare_jobs(report, repair, newer_jobs=newer.get("jobs", False))
-        await self._compare_runs(
-            report, repair, newer_runs=newer.get("runs", False) or newer.get("dispatch", False)
-        )
+        await self._compare_jobs(report, repair)
+        await self._compare_runs(report, repair)
         return report
+
+    async def _updated_since(self, report: Report, kind: str, subject: str) -> bool:
+        """Whether `subject` has a message after the snapshot of stream `kind`: SQL may then be
+        ahead of the snapshot for good reason."""
+        stream = next(f.stream for f in feeds(self.names) if f.kind == kind)
+        try:
+            last = await self.js.get_msg(stream, subject=subject)
+        except NotFoundError:
+            return False
+        return (last.seq or 0) > report.streams.get(kind, 0)
 
     # --- jobs ---
 
-    async def _compare_jobs(self, report: Report, repair: bool, *, newer_jobs: bool) -> None:
+    async def _compare_jobs(self, report: Report, repair: bool) -> None:
         compared = 0
         async for page in _pages(self.scratch.engine, jobs):
             compared += len(page)
@@ -277,7 +288,15 @@ class _Check:
                 current = {r["id"]: r for r in (dict(m._mapping) for m in await conn.execute(stmt))}
                 fix = []
                 for want in page:
-                    diff = _job_difference(want, current.get(want["id"]), newer_jobs)
+                    have = current.get(want["id"])
+                    diff = _job_difference(want, have)
+                    if (
+                        diff is not None
+                        and have is not None
+                        and have["revision"] > want["revision"]
+                        and await self._updated_since(report, "jobs", self.names.job_subject(want["id"]))
+                    ):
+                        diff = None
                     if diff is not None:
                         report.add(diff)
                         fix.append(want)
@@ -296,7 +315,7 @@ class _Check:
 
     # --- runs ---
 
-    async def _compare_runs(self, report: Report, repair: bool, *, newer_runs: bool) -> None:
+    async def _compare_runs(self, report: Report, repair: bool) -> None:
         kept = await self._kept_runs()
         compared = 0
         async for projected in _pages(self.scratch.engine, runs):
@@ -318,7 +337,16 @@ class _Check:
                     have = current.get(want["id"])
                     if have is None and self._pruned(want, kept):
                         continue
-                    diff = _run_difference(want, have, newer_runs)
+                    diff = _run_difference(want, have)
+                    if (
+                        diff is not None
+                        and have is not None
+                        and _ahead(have, want)
+                        and await self._updated_since(
+                            report, "runs", self.names.run_subject(want["job_id"], want["id"])
+                        )
+                    ):
+                        diff = None
                     if diff is not None:
                         report.add(diff)
                         fix.append(want)
@@ -366,12 +394,10 @@ class _Check:
         return self.history.begin() if repair else self.history.connect()
 
 
-def _job_difference(want: dict[str, Any], have: dict[str, Any] | None, newer: bool) -> Difference | None:
+def _job_difference(want: dict[str, Any], have: dict[str, Any] | None) -> Difference | None:
     if have is None:
         return Difference("job_missing", want["id"], f"revision {want['revision']}", "-")
     if have["revision"] != want["revision"]:
-        if have["revision"] > want["revision"] and newer:
-            return None
         return Difference(
             "job_revision", want["id"], f"revision {want['revision']}", f"revision {have['revision']}"
         )
@@ -381,15 +407,17 @@ def _job_difference(want: dict[str, Any], have: dict[str, Any] | None, newer: bo
     return None
 
 
-def _run_difference(want: dict[str, Any], have: dict[str, Any] | None, newer: bool) -> Difference | None:
-    if have is None:
-        return Difference("run_missing", want["id"], f"{want['status']} (attempt {want['attempt']})", "-")
-    ahead = precedence.progress(have["status"], have["attempt"]) > precedence.progress(
+def _ahead(have: dict[str, Any], want: dict[str, Any]) -> bool:
+    """Whether SQL has the run further along than the streams' snapshot."""
+    return precedence.progress(have["status"], have["attempt"]) > precedence.progress(
         want["status"], want["attempt"]
     )
+
+
+def _run_difference(want: dict[str, Any], have: dict[str, Any] | None) -> Difference | None:
+    if have is None:
+        return Difference("run_missing", want["id"], f"{want['status']} (attempt {want['attempt']})", "-")
     if (have["status"], have["attempt"]) != (want["status"], want["attempt"]):
-        if ahead and newer:
-            return None
         return Difference(
             "run_status",
             want["id"],
