@@ -326,3 +326,16 @@ async def test_runs_fetched_for_the_http_capacity_never_exceed_the_slots(
             assert peak == 1
     finally:
         await bus.close()
+
+
+async def test_cancelling_an_http_run_abandons_the_call(settings: Settings, server: LocalServer):
+    bus = await Bus.open(settings, "test")
+    try:
+        async with running(settings):
+            d = await dispatch(bus.js, settings, HttpExecutor(url=f"{server.url}/hang"))
+            await wait_for(lambda: server.in_flight == 1, timeout=15, what="the call under way")
+            await bus.nc.publish(settings.names.cancel_subject(d.run_id), b"")
+            result = await final_outcome(bus.js, settings, d.run_id)
+            assert (result.status, result.final, result.error) == ("cancelled", True, "cancelled on request")
+    finally:
+        await bus.close()

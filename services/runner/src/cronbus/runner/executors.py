@@ -127,11 +127,15 @@ class RunControl:
     kill_grace: float = 5.0
     interrupted: asyncio.Event = field(default_factory=asyncio.Event)
     reason: InterruptReason | None = None
+    # Cancelled by an interrupt (an HTTP call), so no extra task per run waits for one.
+    cancel_on_interrupt: asyncio.Task[Any] | None = None
 
     def interrupt(self, reason: InterruptReason) -> None:
         if self.reason is None:
             self.reason = reason
         self.interrupted.set()
+        if self.cancel_on_interrupt is not None:
+            self.cancel_on_interrupt.cancel()
 
 
 class Execution(Protocol):
@@ -281,18 +285,17 @@ class HttpExecution:
         if control.interrupted.is_set():
             return _interrupted_outcome(control)
         call = asyncio.create_task(self._call(control))
-        interrupted = asyncio.create_task(control.interrupted.wait())
+        control.cancel_on_interrupt = call
         try:
-            done, _ = await asyncio.wait(
-                {call, interrupted}, timeout=control.timeout, return_when=asyncio.FIRST_COMPLETED
-            )
+            await asyncio.wait({call}, timeout=control.timeout)
+            ended = call.done() and not call.cancelled()
         finally:
-            for task in (call, interrupted):
-                if not task.done():
-                    await stop_task(task)
-        if call in done:
+            control.cancel_on_interrupt = None
+            if not call.done():
+                await stop_task(call)
+        if ended:
             return call.result()
-        if interrupted in done:
+        if control.reason is not None:
             return _interrupted_outcome(control)
         error = f"timed out after {control.timeout:g}s waiting for {self.spec.method} {self.spec.url}"
         await control.output.note(f"cronbus: {error}")
