@@ -133,7 +133,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     async def build() -> list[Service]:
         return services
 
-    return serve(build, grace=settings.grace_period, log_level=settings.log_level)
+    return serve(
+        build,
+        grace=settings.grace_period,
+        log_level=settings.log_level,
+        log_format=settings.log_format,
+        service=args.command,
+        instance=settings.instance_id,
+    )
 
 
 if __name__ == "__main__":

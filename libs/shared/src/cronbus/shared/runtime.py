@@ -14,6 +14,7 @@ import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
 from typing import Protocol, TypeVar
 
 log = logging.getLogger(__name__)
@@ -80,12 +81,57 @@ async def until_done(
     return None
 
 
-def setup_logging(level: str = "INFO") -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line, for log shippers: time, level, service, instance, logger,
+    message, the job and run ids a record carries (`extra={"run_id": ...}`), the current trace
+    id, and the exception if any."""
+
+    IDS = ("job_id", "run_id", "slot", "attempt", "pool")
+
+    def __init__(self, service: str, instance: str) -> None:
+        super().__init__()
+        self.service = service
+        self.instance = instance
+
+    def format(self, record: logging.LogRecord) -> str:
+        import json
+
+        from opentelemetry import trace
+
+        entry: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "service": self.service,
+            "instance": self.instance,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name in self.IDS:
+            value = record.__dict__.get(name)
+            if value is not None:
+                entry[name] = str(value)
+        context = trace.get_current_span().get_span_context()
+        if context.is_valid:
+            entry["trace_id"] = format(context.trace_id, "032x")
+            entry["span_id"] = format(context.span_id, "016x")
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+LOG_FORMATS = ("text", "json")
+
+
+def setup_logging(
+    level: str = "INFO", fmt: str = "text", *, service: str = "cronbus", instance: str = ""
+) -> None:
+    """Log to stderr: lines for people (`text`, the default) or JSON objects (`json`)."""
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonLogFormatter(service, instance))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler])
     # nats-py logs every reconnect attempt at ERROR; our callbacks say it once, better.
     logging.getLogger("nats.aio.client").setLevel(logging.CRITICAL)
     # Migrations say what they did at WARNING and above only; "nothing to do" is not news.
@@ -178,9 +224,17 @@ def _note_finished(
     stopping.set()
 
 
-def serve(build: Callable[[], Awaitable[Sequence[Service]]], *, grace: float, log_level: str = "INFO") -> int:
+def serve(
+    build: Callable[[], Awaitable[Sequence[Service]]],
+    *,
+    grace: float,
+    log_level: str = "INFO",
+    log_format: str = "text",
+    service: str = "cronbus",
+    instance: str = "",
+) -> int:
     """`main()` helper: set up logging, build the services on a fresh loop, run them, exit code."""
-    setup_logging(log_level)
+    setup_logging(log_level, log_format, service=service, instance=instance)
 
     async def _main() -> int:
         from cronbus.shared.child import notify_ready

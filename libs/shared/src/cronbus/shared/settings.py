@@ -42,6 +42,8 @@ class Settings:
     pools: tuple[str, ...] = ("default",)
     admin_key: str = ""
     log_level: str = "INFO"
+    # "text" (lines for people) or "json" (one object per line, for log shippers)
+    log_format: str = "text"
     # Stream replicas: 1 for a single server, 3 on a cluster.
     replicas: int = 1
     # Scheduler primacy: renew every lease_renew seconds; the key expires lease_ttl after the
@@ -144,6 +146,7 @@ _HELP = {
     "pools": "pools this runner takes work from, comma-separated",
     "admin_key": "bootstrap admin API key",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
+    "log_format": "text (lines for people) or json (one object per line, for log shippers)",
     "replicas": "replicas of every stream and bucket: 1 for one server, 3 on a cluster",
     "lease_ttl": "scheduler lease lifetime without renewal",
     "lease_renew": "how often the leader renews its lease",
@@ -176,6 +179,7 @@ _COMMON = frozenset(
         "prefix",
         "instance_id",
         "log_level",
+        "log_format",
         "grace_period",
         "replicas",
         "lease_ttl",
@@ -304,6 +308,10 @@ def build_settings(
             "CRONBUS_LEASE_RENEW must leave room for at least two renewals before the leader fences "
             f"itself (renew {settings.lease_renew}s, ttl {settings.lease_ttl}s, "
             f"margin {settings.lease_margin}s)"
+        )
+    if settings.log_format not in ("text", "json"):
+        raise SettingsError(
+            f"CRONBUS_LOG_FORMAT / --log-format: {settings.log_format!r}; use 'text' or 'json'"
         )
     if not 0 < settings.api_port < 65536 and settings.api_port != 0:
         raise SettingsError(f"CRONBUS_API_PORT / --api-port: {settings.api_port} is not a TCP port")

@@ -129,7 +129,7 @@ def up_main(args: argparse.Namespace) -> int:
     if args.processes is None and "CRONBUS_PROCESSES" not in os.environ:
         overrides["processes"] = default_processes()
     settings = build_settings(args, **overrides)
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format, service="up", instance=settings.instance_id)
     try:
         asyncio.run(run_up(settings))
     except (PortInUse, NatsServerError, SettingsError) as exc:
