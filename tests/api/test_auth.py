@@ -96,6 +96,10 @@ ROUTE_ROLES: dict[tuple[str, str], str] = {
     ("POST", "/v1/runs/{run_id}/cancel"): "operator",
     ("GET", "/v1/status"): "viewer",
     ("POST", "/v1/import/crontab"): "admin",
+    ("POST", "/v1/keys"): "admin",
+    ("GET", "/v1/keys"): "admin",
+    ("DELETE", "/v1/keys/{key_id}"): "admin",
+    ("GET", "/v1/audit"): "admin",
     ("GET", "/healthz"): PUBLIC,
     ("GET", "/readyz"): PUBLIC,
     ("GET", "/v1/openapi.json"): PUBLIC,
@@ -141,7 +145,12 @@ async def test_auth_matrix(api: Api) -> None:
         "revoked key": api.auth(revoked),
         **{role: api.auth(key) for role, key in keys.items()},
     }
-    ids = {"job_id": str(uuid.uuid4()), "run_id": str(uuid.uuid4()), "path": "index.html"}
+    ids = {
+        "job_id": str(uuid.uuid4()),
+        "run_id": str(uuid.uuid4()),
+        "key_id": str(uuid.uuid4()),
+        "path": "index.html",
+    }
     failures: list[str] = []
     for (method, template), needed in sorted(table.items()):
         path = template.format(**ids)

@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 MSG_ID = "Nats-Msg-Id"
 EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
+# How long the AUDIT stream keeps a record (the SQL `audit` table keeps it for good).
+AUDIT_MAX_AGE = 400 * 86400.0
 
 
 async def connect(settings: Settings, name: str, **options: Any) -> NATS:
@@ -100,6 +102,14 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
             duplicate_window=120.0,
             **common,  # type: ignore[arg-type]
         ),
+        StreamConfig(
+            name=n.audit_stream,
+            subjects=[n.audit_all],
+            description="cronbus audit records of actions that are not job events",
+            max_age=AUDIT_MAX_AGE,
+            duplicate_window=120.0,
+            **common,  # type: ignore[arg-type]
+        ),
     ]
 
 
@@ -115,6 +125,7 @@ def bucket_configs(settings: Settings) -> list[KeyValueConfig]:
         ),
         KeyValueConfig(bucket=n.scheduler_bucket, history=1, replicas=settings.replicas),
         KeyValueConfig(bucket=n.running_bucket, history=1, replicas=settings.replicas),
+        KeyValueConfig(bucket=n.keys_bucket, history=1, replicas=settings.replicas),
     ]
 
 

@@ -284,9 +284,21 @@ class RunFinished(RunEvent, kw_only=True, tag="run.finished"):
     handed_back: bool = False
 
 
+class AuditRecorded(Event, kw_only=True, tag="audit.recorded"):
+    """Who did what, for an action that is not a job event (those carry their `actor`
+    themselves): a manual run, a cancel, a backfill, a key created or revoked, an expired key
+    used, a crontab import. `action` is a stable dotted name (docs/api.md, "Audit")."""
+
+    action: str
+    actor: str
+    job_id: str | None = None
+    revision: int | None = None
+    detail: dict[str, Any] = {}
+
+
 JobEvents: TypeAlias = JobCreated | JobUpdated | JobDeleted | JobPaused | JobResumed
 RunEvents: TypeAlias = RunDispatched | RunStarted | RunFinished
-AnyEvent: TypeAlias = JobEvents | RunEvents | LogChunk
+AnyEvent: TypeAlias = JobEvents | RunEvents | LogChunk | AuditRecorded
 
 
 class MalformedEvent(ValueError):
@@ -298,6 +310,7 @@ _job_decoder = msgspec.json.Decoder(JobEvents)
 _run_decoder = msgspec.json.Decoder(RunEvents)
 _dispatch_decoder = msgspec.json.Decoder(RunDispatched)
 _log_decoder = msgspec.json.Decoder(LogChunk)
+_audit_decoder = msgspec.json.Decoder(AuditRecorded)
 _any_decoder = msgspec.json.Decoder(AnyEvent)
 
 
@@ -326,6 +339,10 @@ def decode_dispatch(data: bytes) -> RunDispatched:
 
 def decode_log_chunk(data: bytes) -> LogChunk:
     return _decode(_log_decoder, data)
+
+
+def decode_audit(data: bytes) -> AuditRecorded:
+    return _decode(_audit_decoder, data)
 
 
 def decode_event(data: bytes) -> AnyEvent:

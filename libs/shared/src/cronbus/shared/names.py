@@ -62,6 +62,11 @@ class Names:
     def logs_stream(self) -> str:
         return f"{self._up}_LOGS"
 
+    @property
+    def audit_stream(self) -> str:
+        """Who changed what, for the actions that are not job events (see docs/api.md)."""
+        return f"{self._up}_AUDIT"
+
     # subjects
     def job_subject(self, job_id: str) -> str:
         return f"{self.prefix}.job.{job_id}"
@@ -94,6 +99,14 @@ class Names:
     def logs_all(self) -> str:
         return f"{self.prefix}.log.*"
 
+    def audit_subject(self, action: str) -> str:
+        """`action` is a dotted name such as `key.created`: its tokens become subject tokens."""
+        return f"{self.prefix}.audit.{action}"
+
+    @property
+    def audit_all(self) -> str:
+        return f"{self.prefix}.audit.>"
+
     def cancel_subject(self, run_id: str) -> str:
         """Core NATS (not stored): asks the runner holding `run_id` to kill it."""
         return f"{self.prefix}.cancel.{run_id}"
@@ -116,6 +129,11 @@ class Names:
     def running_bucket(self) -> str:
         """One key per job with runs in flight, for overlap policies across runners."""
         return f"{self._low}_running"
+
+    @property
+    def keys_bucket(self) -> str:
+        """The API keys every API replica watches: one key per API key id, never the secret."""
+        return f"{self._low}_keys"
 
     # durable consumers: <service>-<purpose>
     @staticmethod

@@ -21,6 +21,8 @@ from litestar.openapi.spec import Components, SecurityScheme
 from litestar.types import Message, Scope
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from cronbus.api.admin import AuditController, KeyController
+from cronbus.api.audit import AuditLog, AuditReader
 from cronbus.api.auth import DOCS_PATH, AuthenticateFirst, KeyRing, authorize, is_public
 from cronbus.api.body import JsonRequest
 from cronbus.api.controllers import (
@@ -34,6 +36,7 @@ from cronbus.api.controllers import (
 from cronbus.api.history import History
 from cronbus.api.jobs import Jobs
 from cronbus.api.journal import Journal
+from cronbus.api.keys import KeyStore
 from cronbus.api.problems import EXCEPTION_HANDLERS, answer_exception
 from cronbus.api.runs import Runs
 from cronbus.shared.bus import Bus
@@ -67,7 +70,9 @@ def create_app(
     journal = Journal(bus)
     jobs = Jobs(journal, history, clock=clock, revision_wait=revision_wait)
     runs = Runs(journal, history)
-    key_ring = KeyRing(settings.admin_key, history, clock)
+    audit_log = AuditLog(bus)
+    keys = KeyStore(bus, audit_log, clock)
+    key_ring = KeyRing(settings.admin_key, history, clock, keys=keys, audit=audit_log)
     state = State({"bus": bus, "key_ring": key_ring, "stopping": stopping or asyncio.Event()})
     app = Litestar(
         route_handlers=[
@@ -76,13 +81,21 @@ def create_app(
             ImportController,
             StatusController,
             HealthController,
+            KeyController,
+            AuditController,
             openapi_json,
         ],
         dependencies={
             "jobs": Provide(lambda: jobs, sync_to_thread=False),
             "runs": Provide(lambda: runs, sync_to_thread=False),
             "history": Provide(lambda: history, sync_to_thread=False),
+            "keys": Provide(lambda: keys, sync_to_thread=False),
+            "audit_log": Provide(lambda: audit_log, sync_to_thread=False),
+            "audit_reader": Provide(lambda: AuditReader(engine), sync_to_thread=False),
         },
+        # The API keys bucket is mirrored before the first request is served.
+        on_startup=[keys.start],
+        on_shutdown=[keys.stop],
         guards=[authorize],
         before_send=[_AllowEveryMethod()],
         request_class=JsonRequest,

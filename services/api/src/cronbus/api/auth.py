@@ -1,7 +1,9 @@
 """API keys and roles: who may call what.
 
-A key is either the bootstrap admin key from the settings (compared in constant time) or a
-row in `api_keys` holding the key's sha256 hex digest. `AuthenticateFirst` checks the key of
+A key is the bootstrap admin key from the settings (compared in constant time), a key made
+through `POST /v1/keys` (kept in the KV bucket every replica mirrors, see `keys`), or a row in
+the `api_keys` table holding the key's sha256 hex digest. A revoked or expired key is refused
+with a detail that says so; using an expired one is audited. `AuthenticateFirst` checks the key of
 every request before routing, so a caller without a valid key learns nothing about which
 paths or methods exist (401 everywhere); then each route's guard checks the role it declares
 in its `opt` (`role`). The health endpoints, the OpenAPI document and the docs are public.
@@ -9,8 +11,8 @@ in its `opt` (`role`). The health endpoints, the OpenAPI document and the docs a
 
 from __future__ import annotations
 
-import hashlib
 import hmac
+import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 
@@ -19,18 +21,22 @@ from litestar.datastructures import Headers
 from litestar.handlers.base import BaseRouteHandler
 from litestar.types import ASGIApp, Receive, Scope, Send
 
+from cronbus.api.audit import KEY_EXPIRED_USED, AuditLog
 from cronbus.api.domain import Principal, Role
 from cronbus.api.history import History
+from cronbus.api.keys import ApiKey, KeyStore, key_hash
 
 # The docs UI and its copy of the schema: public like /v1/openapi.json (they hold no data).
 DOCS_PATH = "/v1/docs"
 OPENAPI_PATH = "/v1/openapi.json"
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", OPENAPI_PATH, DOCS_PATH})
+# The web console: its page at "/" and its files below CONSOLE_ASSETS hold no data either.
+CONSOLE_ASSETS = "/console"
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", OPENAPI_PATH, DOCS_PATH, "/"})
 
 
 def is_public(path: str) -> bool:
     """Paths anyone may call: health, and the API's description (they hold no data)."""
-    return path in PUBLIC_PATHS or path.startswith(DOCS_PATH + "/")
+    return path in PUBLIC_PATHS or path.startswith((DOCS_PATH + "/", CONSOLE_ASSETS + "/"))
 
 
 class Unauthenticated(Exception):
@@ -41,16 +47,27 @@ class Forbidden(Exception):
     """A valid key whose role does not allow the request."""
 
 
-def key_hash(key: str) -> str:
-    """How `api_keys.key_hash` stores a key: sha256, hex."""
-    return hashlib.sha256(key.encode()).hexdigest()
+# An expired key used again and again is audited at most once a minute per replica (and the
+# AUDIT stream's dedupe drops the other replicas' records of the same minute).
+_EXPIRED_AUDIT_EVERY = 60.0
 
 
 class KeyRing:
-    def __init__(self, admin_key: str, history: History, clock: Callable[[], datetime]) -> None:
+    def __init__(
+        self,
+        admin_key: str,
+        history: History,
+        clock: Callable[[], datetime],
+        *,
+        keys: KeyStore | None = None,
+        audit: AuditLog | None = None,
+    ) -> None:
         self._admin = admin_key.encode()
         self.history = history
         self.clock = clock
+        self.keys = keys
+        self.audit = audit
+        self._expired_audited: dict[str, float] = {}
 
     async def principal(self, authorization: str | None) -> Principal:
         if not authorization:
@@ -61,13 +78,53 @@ class KeyRing:
             raise Unauthenticated("the Authorization header must read 'Bearer <api key>'")
         if self._admin and hmac.compare_digest(key.encode(), self._admin):
             return Principal(name="admin", role=Role.admin)
-        found = await self.history.role_of_key(key_hash(key), self.clock())
+        digest = key_hash(key)
+        made = self.keys.find(digest) if self.keys is not None else None
+        if made is not None:
+            return await self._made_key(made)
+        found = await self.history.role_of_key(digest, self.clock())
         if found is not None:
             name, role_name = found
             role = Role.named(role_name)
             if role is not None:
                 return Principal(name=name, role=role)
         raise Unauthenticated("this API key is unknown or revoked; check the key, or ask an admin for one")
+
+    async def _made_key(self, key: ApiKey) -> Principal:
+        """The principal of a key from the bucket, unless it is revoked or expired."""
+        now = self.clock()
+        if key.revoked_at is not None:
+            raise Unauthenticated(
+                f"this API key ({key.name}) was revoked at {key.revoked_at.isoformat()}; "
+                "ask an admin for a new one"
+            )
+        if key.expires_at is not None and key.expires_at <= now:
+            await self._audit_expired(key, key.expires_at, now)
+            raise Unauthenticated(
+                f"this API key ({key.name}) expired at {key.expires_at.isoformat()}; "
+                "ask an admin for a new one"
+            )
+        role = Role.named(key.role)
+        if role is None:
+            raise Unauthenticated(f"this API key ({key.name}) has an unknown role {key.role!r}")
+        return Principal(name=key.name, role=role)
+
+    async def _audit_expired(self, key: ApiKey, expired_at: datetime, now: datetime) -> None:
+        if self.audit is None:
+            return
+        last = self._expired_audited.get(key.id)
+        tick = time.monotonic()
+        if last is not None and tick - last < _EXPIRED_AUDIT_EVERY:
+            return
+        self._expired_audited[key.id] = tick
+        minute = int(now.timestamp() // _EXPIRED_AUDIT_EVERY)
+        await self.audit.record(
+            KEY_EXPIRED_USED,
+            key.name,
+            detail={"key_id": key.id, "name": key.name, "expires_at": expired_at.isoformat()},
+            msg_id=f"{KEY_EXPIRED_USED}:{key.id}:{minute}",
+            at=now,
+        )
 
 
 # Answers an exception raised before routing as the app's exception handlers would.

@@ -15,6 +15,7 @@ from litestar.params import HeaderParameter, JSONBody, PathParameter, QueryParam
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 
+from cronbus.api.audit import CRONTAB_IMPORTED, RUN_CANCEL_REQUESTED, RUN_REQUESTED, AuditLog
 from cronbus.api.auth import caller
 from cronbus.api.body import strict_jobs, strict_patch
 from cronbus.api.domain import FieldError, InvalidInput, Role
@@ -264,9 +265,18 @@ class JobController(Controller):
         request: Request[Any, Any, Any],
         job_id: JobId,
         jobs: NamedDependency[Jobs],
+        audit_log: NamedDependency[AuditLog],
         idempotency_key: RequestId = None,
     ) -> Response[RunAccepted]:
-        run = await jobs.run_now(job_id, caller(request), request_id=idempotency_key)
+        by = caller(request)
+        run = await jobs.run_now(job_id, by, request_id=idempotency_key)
+        await audit_log.record(
+            RUN_REQUESTED,
+            by.name,
+            job_id=run.job_id,
+            detail={"run_id": run.id},
+            msg_id=f"{RUN_REQUESTED}:{run.id}",
+        )
         return Response(run, status_code=HTTP_202_ACCEPTED, headers={"Location": f"/v1/runs/{run.id}"})
 
 
@@ -324,9 +334,16 @@ class RunController(Controller):
         summary="Cancel a run",
     )
     async def cancel(
-        self, request: Request[Any, Any, Any], run_id: RunId, runs: NamedDependency[Runs]
+        self,
+        request: Request[Any, Any, Any],
+        run_id: RunId,
+        runs: NamedDependency[Runs],
+        audit_log: NamedDependency[AuditLog],
     ) -> CancelRequested:
-        return await runs.cancel(run_id, caller(request))
+        by = caller(request)
+        answer = await runs.cancel(run_id, by)
+        await audit_log.record(RUN_CANCEL_REQUESTED, by.name, detail={"run_id": answer.id})
+        return answer
 
 
 async def _resumed(taken: list[Any], rest: AsyncIterator[Any]) -> AsyncIterator[Any]:
@@ -392,6 +409,7 @@ class ImportController(Controller):
         self,
         request: Request[Any, Any, Any],
         jobs: NamedDependency[Jobs],
+        audit_log: NamedDependency[AuditLog],
         dry_run: Annotated[bool, QueryParameter(description="preview: create nothing")] = False,
         timezone: Annotated[
             str, QueryParameter(description="zone of entries before any CRON_TZ line")
@@ -413,9 +431,18 @@ class ImportController(Controller):
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
             raise ClientException("the crontab is not UTF-8 text") from None
+        by = caller(request)
         answer = await jobs.import_crontab(
-            text, caller(request), timezone=timezone, pool=pool, prefix=prefix, dry_run=dry_run
+            text, by, timezone=timezone, pool=pool, prefix=prefix, dry_run=dry_run
         )
+        if not dry_run:
+            counts = {
+                "jobs": len(answer.items),
+                "skipped": len(answer.skipped),
+                "pool": pool,
+                "prefix": prefix,
+            }
+            await audit_log.record(CRONTAB_IMPORTED, by.name, detail=counts)
         return Response(answer, status_code=200 if dry_run else 201)
 
 

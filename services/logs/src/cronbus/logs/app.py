@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 
 class LogsService:
-    """Four projectors (one per stream) and the retention loop, sharing one writer."""
+    """One projector per stream (see `feeds`) and the retention loop, sharing one writer."""
 
     name = "logs"
 

@@ -34,6 +34,7 @@ from cronbus.logs.poison import Decoded, Rejection, describe, is_poison, read_me
 from cronbus.logs.store import HistoryWriter, Sequenced
 from cronbus.shared.events import (
     AnyEvent,
+    decode_audit,
     decode_dispatch,
     decode_job_event,
     decode_log_chunk,
@@ -61,12 +62,13 @@ class Feed:
 
 
 def feeds(names: Names) -> list[Feed]:
-    """The four streams the logs service projects, one durable consumer each."""
+    """The streams the logs service projects, one durable consumer each."""
     return [
         Feed("jobs", names.jobs_stream, names.jobs_all, decode_job_event),
         Feed("dispatch", names.dispatch_stream, names.dispatch_all, decode_dispatch),
         Feed("runs", names.runs_stream, names.runs_all, decode_run_event),
         Feed("logs", names.logs_stream, names.logs_all, decode_log_chunk),
+        Feed("audit", names.audit_stream, names.audit_all, decode_audit),
     ]
 
 

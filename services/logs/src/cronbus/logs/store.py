@@ -31,6 +31,7 @@ from cronbus.logs import precedence
 from cronbus.logs.poison import Rejection
 from cronbus.shared.events import (
     AnyEvent,
+    AuditRecorded,
     JobCreated,
     JobDeleted,
     JobEvents,
@@ -44,6 +45,7 @@ from cronbus.shared.events import (
     utcnow,
 )
 from cronbus.shared.history.schema import (
+    audit,
     jobs,
     log_chunks,
     output_sizes,
@@ -144,6 +146,7 @@ class HistoryWriter:
                 # Job events do not commute: they are applied one by one, in stream order.
                 if isinstance(event, JobEvents):
                     await self._apply_job(conn, event)
+            await self._record_audit(conn, fresh)
             rows = _run_rows(fresh)
             for table, upsert in self._run_upserts:
                 for round_ in _rounds(rows[table.name]):
@@ -181,6 +184,14 @@ class HistoryWriter:
             await conn.execute(
                 self._sizes_upsert, [{"run_id": run_id, "bytes": n} for run_id, n in sorted(added.items())]
             )
+
+    # --- audit: job events and AuditRecorded, one row per event, keyed by the event id ---
+
+    async def _record_audit(self, conn: AsyncConnection, events: Sequence[AnyEvent]) -> None:
+        rows = [row for event in events if (row := _audit_row(event)) is not None]
+        if rows:
+            stmt = self.insert(audit).on_conflict_do_nothing(index_elements=["id"])
+            await conn.execute(stmt, rows)
 
     # --- jobs: one stream, applied in order; the revision guards against going backwards ---
 
@@ -300,6 +311,36 @@ async def _position(conn: AsyncConnection, consumer: str) -> int:
         select(projector_positions.c.stream_seq).where(projector_positions.c.consumer == consumer)
     )
     return int(seq or 0)
+
+
+def _audit_row(event: AnyEvent) -> dict[str, Any] | None:
+    """The `audit` row of a job event or an audit record; None for other events."""
+    match event:
+        case AuditRecorded():
+            return {
+                "id": event.event_id,
+                "at": event.occurred_at,
+                "actor": event.actor,
+                "action": event.action,
+                "job_id": event.job_id,
+                "revision": event.revision,
+                "detail": event.detail,
+            }
+        case JobCreated() | JobUpdated():
+            detail: dict[str, Any] = {"name": event.spec.name}
+        case JobDeleted() | JobPaused() | JobResumed():
+            detail = {}
+        case _:
+            return None
+    return {
+        "id": event.event_id,
+        "at": event.occurred_at,
+        "actor": event.actor,
+        "action": event.__struct_config__.tag,
+        "job_id": event.job_id,
+        "revision": event.revision,
+        "detail": detail,
+    }
 
 
 def _progress(status: ColumnElement[Any], attempt: ColumnElement[Any]) -> ColumnElement[int]:

@@ -165,3 +165,22 @@ api_keys = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("revoked_at", UTCDateTime, nullable=True),
 )
+
+# The audit log, newest first by (at, id). Job events are projected here by the JOBS projector
+# in the transaction that writes `jobs` (id = the event's id); the other actions come from the
+# AUDIT stream (events.AuditRecorded). Written only by the logs service; never pruned.
+audit = Table(
+    "audit",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("at", UTCDateTime, nullable=False),
+    Column("actor", String(200), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("job_id", String(64), nullable=True),
+    Column("revision", Integer, nullable=True),
+    Column("detail", JSON, nullable=False),
+    Index(None, "at", "id"),
+    Index(None, "job_id", "at"),
+    Index(None, "actor", "at"),
+    Index(None, "action", "at"),
+)
