@@ -87,6 +87,17 @@ async def test_failed_and_lost_publishes_are_retried_until_acknowledged() -> Non
     await dispatcher.drain(1.0)
 
 
+async def test_a_dispatch_published_again_is_still_the_runs_attempt_1() -> None:
+    """The publish retries are the same message: a runner must not see attempt 3 of a run
+    that never ran."""
+    dispatcher, js, table = _setup(["fail", "fail", "ok"])
+    await dispatcher.submit(Due("a", to_ms(SLOT), SLOT.timestamp()), table.jobs["a"])
+    await wait_for(lambda: dispatcher.dispatched_total == 1, timeout=5, what="acknowledged dispatch")
+    assert len(js.attempts) == 3
+    assert decode_dispatch(js.stored[0]).attempt == 1
+    await dispatcher.drain(1.0)
+
+
 async def test_a_closed_fence_publishes_nothing() -> None:
     dispatcher, js, table = _setup([], fence_open=False)
     await dispatcher.submit(Due("a", to_ms(SLOT), SLOT.timestamp()), table.jobs["a"])
@@ -117,7 +128,7 @@ def test_the_encoded_dispatch_is_the_event_a_runner_decodes() -> None:
     _, _, table = _setup([])
     job = table.jobs["a"]
     due = Due("a", to_ms(SLOT), SLOT.timestamp() + 0.25, "catchup")
-    payload, lateness_ms = encode_dispatch(due, job, scheduler="me", now=SLOT.timestamp() + 0.5, attempt=2)
+    payload, lateness_ms = encode_dispatch(due, job, scheduler="me", now=SLOT.timestamp() + 0.5)
     event = decode_dispatch(payload)
     expected = RunDispatched(
         event_id=event.event_id,
@@ -125,7 +136,7 @@ def test_the_encoded_dispatch_is_the_event_a_runner_decodes() -> None:
         run_id=run_id_for("a", SLOT),
         job_id="a",
         slot=SLOT,
-        attempt=2,
+        attempt=1,
         pool="p",
         spec=job.spec,
         job_revision=3,

@@ -98,18 +98,17 @@ def event_id() -> str:
     return _uuid_text(os.urandom(16), 4).replace("-", "")
 
 
-def encode_dispatch(
-    due: Due, job: Job, *, scheduler: str, now: float, attempt: int = 1
-) -> tuple[bytes, float]:
+def encode_dispatch(due: Due, job: Job, *, scheduler: str, now: float) -> tuple[bytes, float]:
     """The `RunDispatched` payload of `due` (decoding it gives the same event as building a
-    `RunDispatched` would) and its lateness in milliseconds."""
+    `RunDispatched` would) and its lateness in milliseconds. A dispatch is always the run's
+    attempt 1: publishing it again is the same message, not another attempt."""
     lateness_ms = max(0.0, (now - due.fire_at) * 1000)
     event = RunDispatchedWire(
         event_id=event_id(),
         run_id=run_id_of(due.job_id, due.slot_ms),
         job_id=due.job_id,
         slot=due.slot,
-        attempt=attempt,
+        attempt=1,
         pool=job.pool,
         spec=msgspec.Raw(job.spec_json),
         job_revision=job.revision,
@@ -225,9 +224,9 @@ class Dispatcher:
             log.info("slot %s of job %s left to the next term", due.slot.isoformat(), job.job_id)
             self._finish(due, abandoned=True)
             return
-        payload, lateness_ms = encode_dispatch(
-            due, job, scheduler=self._scheduler, now=self._clock(), attempt=attempt
-        )
+        # `attempt` counts publishes of this message (for the log and the backoff); the run's
+        # own attempt is 1 in every one of them.
+        payload, lateness_ms = encode_dispatch(due, job, scheduler=self._scheduler, now=self._clock())
         headers = {**trace, MSG_ID: msg_id_of(due.job_id, due.slot_ms)}
         try:
             ack = await self._js.publish_async(
