@@ -50,3 +50,39 @@ def decode_scheduler_status(data: bytes) -> SchedulerStatus:
 
 def decode_runner_presence(data: bytes) -> RunnerPresence:
     return _runner_decoder.decode(data)
+
+
+# --- terms of leadership -----------------------------------------------------------------------
+#
+# Key `terms` of bucket `<p>_scheduler` (written by each new leader as its term begins): the
+# last MAX_TERMS terms, oldest first. A term that began long after the watermark it started
+# from had a leader gap before it: no scheduler was leading between the two. The API explains
+# slots with it (`GET /v1/jobs/{id}/slots`).
+
+TERMS_KEY = "terms"
+MAX_TERMS = 500
+
+
+class LeaderTerm(msgspec.Struct, kw_only=True):
+    """A term of leadership: who led from `started_at`, starting from `watermark` (every slot at
+    or before it was dispatched by earlier terms)."""
+
+    leader: str
+    lease_revision: int
+    started_at: datetime
+    watermark: datetime
+
+
+class LeaderTerms(msgspec.Struct, kw_only=True):
+    terms: list[LeaderTerm] = []
+
+
+_terms_decoder = msgspec.json.Decoder(LeaderTerms)
+
+
+def encode_terms(value: LeaderTerms) -> bytes:
+    return _encoder.encode(value)
+
+
+def decode_terms(data: bytes) -> LeaderTerms:
+    return _terms_decoder.decode(data)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, delete, get, patch, post
@@ -19,11 +20,13 @@ from cronbus.api.audit import CRONTAB_IMPORTED, RUN_CANCEL_REQUESTED, RUN_REQUES
 from cronbus.api.auth import caller
 from cronbus.api.body import strict_jobs, strict_patch
 from cronbus.api.domain import FieldError, InvalidInput, Role
-from cronbus.api.history import History
+from cronbus.api.history import History, JobFilter
 from cronbus.api.jobs import Jobs
 from cronbus.api.problems import PROBLEM_JSON, RETRY_AFTER
 from cronbus.api.runs import Runs
 from cronbus.api.schemas import (
+    BackfillIn,
+    BackfillOut,
     CancelRequested,
     CrontabImport,
     Health,
@@ -32,10 +35,12 @@ from cronbus.api.schemas import (
     JobOut,
     JobPage,
     JobPatch,
+    JobStateName,
     Problem,
     RunAccepted,
     RunOut,
     RunPage,
+    SlotList,
     StatusOut,
 )
 from cronbus.api.validation import MAX_BATCH, JobsBody
@@ -167,9 +172,30 @@ class JobController(Controller):
 
     @get("/", opt=VIEWER, responses=problems(403, 422), summary="List jobs (oldest first)")
     async def list_jobs(
-        self, jobs: NamedDependency[Jobs], cursor: PageCursor = None, limit: Limit = 50
+        self,
+        jobs: NamedDependency[Jobs],
+        cursor: PageCursor = None,
+        limit: Limit = 50,
+        job_state: Annotated[
+            JobStateName | None,
+            QueryParameter(
+                name="state", description="only jobs in this state: scheduled, paused, finished or failing"
+            ),
+        ] = None,
+        label: Annotated[
+            list[str] | None,
+            QueryParameter(
+                description="only jobs with this label: `key=value`, or `key` (any value); repeatable"
+            ),
+        ] = None,
+        pool: Annotated[str | None, QueryParameter(description="only jobs of this pool")] = None,
+        q: Annotated[
+            str | None,
+            QueryParameter(max_length=200, description="only jobs whose name holds this text (any case)"),
+        ] = None,
     ) -> JobPage:
-        return await jobs.list(cursor=cursor, limit=limit)
+        where = JobFilter(state=job_state, labels=label or (), pool=pool, q=q)
+        return await jobs.list(cursor=cursor, limit=limit, where=where)
 
     @get("/{job_id:str}", opt=VIEWER, responses=problems(403, 404, 422, 504), summary="Get a job")
     async def get_job(
@@ -278,6 +304,44 @@ class JobController(Controller):
             msg_id=f"{RUN_REQUESTED}:{run.id}",
         )
         return Response(run, status_code=HTTP_202_ACCEPTED, headers={"Location": f"/v1/runs/{run.id}"})
+
+    @post(
+        "/{job_id:str}/backfill",
+        opt=OPERATOR,
+        responses=problems(400, 403, 404, 409, 422),
+        status_code=HTTP_200_OK,
+        summary="Dispatch the job's slots in a past range, each once",
+        description="Every slot of the schedule in `[from, to)` (at most 10,000) is dispatched with the "
+        "run id the scheduler gives it, unless it was dispatched before: those are listed in "
+        "`already`. Repeating the request dispatches nothing new. The runs obey the job's overlap "
+        "policy. 409 when the job is paused.",
+    )
+    async def backfill(
+        self,
+        request: Request[Any, Any, Any],
+        job_id: JobId,
+        data: JSONBody[BackfillIn],
+        jobs: NamedDependency[Jobs],
+    ) -> BackfillOut:
+        return await jobs.backfill(job_id, data, caller(request))
+
+    @get(
+        "/{job_id:str}/slots",
+        opt=VIEWER,
+        responses=problems(403, 404, 422),
+        summary="Why did (or didn't) it run: every slot in a range and its outcome",
+        description="Each slot of the schedule in `[from, to)` (at most 10,000): `dispatched` (with "
+        "`run_id`, `status`), `skipped` (with `reason`), `missed` (with the leader `gap`) or "
+        "`pending`.",
+    )
+    async def slots(
+        self,
+        job_id: JobId,
+        jobs: NamedDependency[Jobs],
+        from_: Annotated[datetime, QueryParameter(name="from", description="first instant (ISO-8601)")],
+        to: Annotated[datetime, QueryParameter(description="end of the range, excluded (ISO-8601)")],
+    ) -> SlotList:
+        return await jobs.slots(job_id, from_, to)
 
 
 class RunController(Controller):

@@ -11,8 +11,8 @@ import binascii
 import json
 import re
 import uuid
-from dataclasses import dataclass, replace
-from datetime import datetime
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from enum import IntEnum
 from functools import lru_cache
 from typing import Any
@@ -28,11 +28,15 @@ from cronbus.api.schemas import (
     JobIn,
     JobOut,
     JobPatch,
+    JobStateName,
+    LastRun,
+    LeaderGap,
     RetentionIn,
     RetentionOut,
     RetriesOut,
     ShellExecutorIn,
     ShellExecutorOut,
+    SlotOut,
 )
 from cronbus.shared.durations import DurationError, format_duration, parse_duration
 from cronbus.shared.events import (
@@ -100,6 +104,16 @@ class RevisionConflict(RuntimeError):
             detail += f", not {expected}"
         super().__init__(f"{detail}; fetch it again and retry with the current revision")
         self.current = current
+
+
+class JobIsPaused(RuntimeError):
+    """A write that would dispatch runs of a paused job."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(
+            f"job {job_id} is paused: resume it (POST /v1/jobs/{job_id}/resume) before backfilling it"
+        )
+        self.job_id = job_id
 
 
 class ProjectionBehind(TimeoutError):
@@ -488,7 +502,43 @@ def _masked(values: dict[str, str], secret: frozenset[str]) -> dict[str, str]:
     return {k: MASK if k in secret else v for k, v in values.items()} if secret else values
 
 
-def job_view(state: JobState, now: datetime) -> JobOut:
+# Outcomes that make a job `failing` unless `succeeded`; a `skipped` run (overlap policy) did
+# not run, so it says nothing about the job's health.
+RAN_OUTCOMES = ("succeeded", "failed", "timed_out", "cancelled", "lost")
+
+
+@dataclass(frozen=True, slots=True)
+class RunSummary:
+    """What a job's state needs from its runs: the newest, and the newest finished one's status
+    (`RAN_OUTCOMES` only)."""
+
+    last_run: LastRun | None = None
+    last_outcome: str | None = None
+
+
+NO_RUNS = RunSummary()
+
+
+def is_one_off(spec: JobSpec) -> bool:
+    """An `@at` job (how the history's SQL tells it too: the schedule starts with '@at')."""
+    return spec.schedule[:3].lower() == "@at"
+
+
+def job_state(state: JobState, now: datetime, runs: RunSummary) -> JobStateName:
+    """`paused`, else `finished` (a one-off that ran, or `end_at` passed), else `failing` (the
+    last finished run did not succeed), else `scheduled`. history.state_of is the same rule
+    in SQL, for filtering: keep them together."""
+    if state.paused:
+        return "paused"
+    spec = state.spec
+    if (spec.end_at is not None and spec.end_at < now) or (is_one_off(spec) and runs.last_run is not None):
+        return "finished"
+    if runs.last_outcome is not None and runs.last_outcome != "succeeded":
+        return "failing"
+    return "scheduled"
+
+
+def job_view(state: JobState, now: datetime, runs: RunSummary = NO_RUNS) -> JobOut:
     """The job as answered to every role: secret values read "***" (they are write-only)."""
     spec = state.spec
     executor: ShellExecutorOut | HttpExecutorOut
@@ -540,7 +590,130 @@ def job_view(state: JobState, now: datetime) -> JobOut:
         created_at=state.created_at,
         updated_at=state.updated_at,
         next_fires=[] if state.paused or state.deleted else next_fires(spec, now),
+        state=job_state(state, now, runs),
+        last_run=runs.last_run,
     )
+
+
+# --- slots (backfill, "why didn't it run?") ------------------------------------------------------
+
+# The most slots one backfill or slot listing covers.
+MAX_SLOTS = 10_000
+
+
+def slots_in(spec: JobSpec, start: datetime, end: datetime, *, field_prefix: str = "") -> list[datetime]:
+    """The slots of the job's schedule in [start, end), oldest first; InvalidInput for a reversed
+    or empty range, one holding more than MAX_SLOTS, or a schedule that no longer computes.
+
+    Slots are the nominal times (before jitter), inside the job's start/end bounds or not: a
+    caller that dispatches them drops those outside."""
+    errors: list[FieldError] = []
+    for name, value in ((f"{field_prefix}from", start), (f"{field_prefix}to", end)):
+        if value.tzinfo is None:
+            errors.append(FieldError(field=name, reason="give a UTC offset, e.g. '2030-01-31T09:00:00Z'"))
+    if errors:
+        raise InvalidInput(errors)
+    if end <= start:
+        raise InvalidInput(
+            [
+                FieldError(
+                    field=f"{field_prefix}to",
+                    reason=f"must be after from ({start.isoformat()}): the range is [from, to)",
+                )
+            ]
+        )
+    try:
+        schedule = parse_schedule(spec.schedule, spec.timezone)
+        if spec.anchor is not None:
+            schedule = schedule.anchored(spec.anchor)
+        found: list[datetime] = []
+        for slot in schedule.slots_between(start - timedelta(milliseconds=1), end):
+            if slot >= end:
+                break
+            if len(found) == MAX_SLOTS:
+                raise InvalidInput(
+                    [
+                        FieldError(
+                            field=f"{field_prefix}to",
+                            reason=f"the range holds more than {MAX_SLOTS} slots of {spec.schedule!r}; "
+                            "split it into smaller ranges",
+                        )
+                    ]
+                )
+            found.append(slot)
+    except (ScheduleError, OverflowError, ValueError) as exc:
+        if isinstance(exc, InvalidInput):
+            raise
+        raise InvalidInput(
+            [FieldError(field="schedule", reason=f"the job's schedule does not compute: {exc}")]
+        ) from None
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class Interval:
+    """[start, end); `end` None: still going on."""
+
+    start: datetime
+    end: datetime | None
+
+    def holds(self, at: datetime) -> bool:
+        return self.start <= at and (self.end is None or at < self.end)
+
+
+@dataclass(frozen=True, slots=True)
+class SlotFacts:
+    """What is known about a job's slots, each from a record: its runs (SQL and DISPATCH),
+    the job's own events (created, paused, resumed, deleted, each with its bounds and
+    catch-up policy in force), and the schedulers' terms of leadership."""
+
+    # slot -> (run id, status, error) of its scheduled (or caught-up, backfilled) run
+    runs: dict[datetime, tuple[str, str, str | None]]
+    created_at: datetime
+    paused: list[Interval] = field(default_factory=list)
+    deleted_at: datetime | None = None
+    gaps: list[LeaderGap] = field(default_factory=list)
+
+
+def explain_slot(slot: datetime, spec: JobSpec, facts: SlotFacts, now: datetime, *, settle: float) -> SlotOut:
+    """What became of `slot`, from the facts alone. `settle`: seconds after a slot before its
+    absence from the history means something (the dispatch and its projection take time)."""
+    run = facts.runs.get(slot)
+    if run is not None:
+        run_id, status, error = run
+        if status == "skipped":
+            reason = (
+                error if error and error.startswith("overlap policy") else f"overlap policy: {error or ''}"
+            )
+            return SlotOut(
+                slot=slot, outcome="skipped", run_id=run_id, status=status, reason=reason.rstrip(": ")
+            )
+        return SlotOut(slot=slot, outcome="dispatched", run_id=run_id, status=status)
+    if slot > now:
+        return SlotOut(slot=slot, outcome="pending")
+    if slot < facts.created_at:
+        return SlotOut(slot=slot, outcome="skipped", reason="before the job was created")
+    if facts.deleted_at is not None and slot >= facts.deleted_at:
+        return SlotOut(slot=slot, outcome="skipped", reason="deleted")
+    if (spec.start_at is not None and slot < spec.start_at) or (
+        spec.end_at is not None and slot > spec.end_at
+    ):
+        return SlotOut(slot=slot, outcome="skipped", reason="outside start/end")
+    if any(p.holds(slot) for p in facts.paused):
+        return SlotOut(slot=slot, outcome="skipped", reason="paused")
+    for gap in facts.gaps:
+        if gap.from_ < slot and (gap.to is None or slot <= gap.to):
+            if gap.to is not None and slot >= gap.to - timedelta(seconds=spec.catchup.window):
+                return SlotOut(
+                    slot=slot,
+                    outcome="skipped",
+                    reason=f"catch-up policy {spec.catchup.policy!r}: no scheduler was leading at the slot",
+                    gap=gap,
+                )
+            return SlotOut(slot=slot, outcome="missed", gap=gap)
+    if (now - slot).total_seconds() < settle:
+        return SlotOut(slot=slot, outcome="pending")
+    return SlotOut(slot=slot, outcome="pending", reason="no dispatch or decision recorded yet")
 
 
 # --- cursors -----------------------------------------------------------------------------------

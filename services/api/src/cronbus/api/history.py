@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import msgspec
-from sqlalchemy import and_, func, or_, select, text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import ColumnElement, and_, case, func, or_, select, text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from cronbus.api.domain import Cursor, JobState
-from cronbus.api.schemas import AttemptOut, HistoryOut, RunOut
+from cronbus.api.domain import RAN_OUTCOMES, Cursor, JobState, RunSummary
+from cronbus.api.schemas import AttemptOut, HistoryOut, LastRun, RunOut
 from cronbus.shared.events import JobSpec
 from cronbus.shared.history.schema import (
     api_keys,
@@ -59,6 +61,62 @@ def _run(row: Any) -> RunOut:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class JobFilter:
+    """`GET /v1/jobs` filters; each given one must hold. `labels`: "key=value" or "key"."""
+
+    state: str | None = None
+    labels: Sequence[str] = ()
+    pool: str | None = None
+    q: str | None = None
+
+
+# The newest run of the job in the row, and the newest one that ran to an outcome (a correlated
+# subquery each, on the runs (job_id, slot) index: a few index rows per job).
+_LAST_RUN_ID = (
+    select(runs.c.id)
+    .where(runs.c.job_id == jobs.c.id)
+    .order_by(runs.c.slot.desc(), runs.c.id.desc())
+    .limit(1)
+    .scalar_subquery()
+)
+_LAST_OUTCOME = (
+    select(runs.c.status)
+    .where(runs.c.job_id == jobs.c.id, runs.c.status.in_(RAN_OUTCOMES))
+    .order_by(runs.c.slot.desc(), runs.c.id.desc())
+    .limit(1)
+    .scalar_subquery()
+)
+
+
+def _iso(at: datetime) -> str:
+    """`at` as the jobs' JSON spec writes instants (msgspec: ISO-8601, Z for UTC)."""
+    text_: str = msgspec.to_builtins(at.replace(microsecond=0))
+    return text_
+
+
+def state_of(now: datetime) -> ColumnElement[str]:
+    """domain.job_state in SQL: the job's state at `now`, for filtering. Keep them together."""
+    schedule = jobs.c.spec["schedule"].as_string()
+    end_at = jobs.c.spec["end_at"].as_string()
+    return case(
+        (jobs.c.paused.is_(True), "paused"),
+        (
+            or_(
+                and_(end_at.is_not(None), end_at < _iso(now)),
+                and_(func.lower(func.substr(schedule, 1, 3)) == "@at", _LAST_RUN_ID.is_not(None)),
+            ),
+            "finished",
+        ),
+        (and_(_LAST_OUTCOME.is_not(None), _LAST_OUTCOME != "succeeded"), "failing"),
+        else_="scheduled",
+    )
+
+
+def _escaped(q: str) -> str:
+    return q.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
 class History:
     """Read-only queries; every call is one short transaction."""
 
@@ -89,17 +147,80 @@ class History:
             row = (await conn.execute(select(jobs).where(jobs.c.id == job_id))).first()
         return None if row is None else _job_state(row)
 
-    async def jobs(self, *, after: Cursor | None, limit: int) -> list[JobState]:
-        """Live jobs, oldest first, `limit` of them after the cursor."""
-        query = select(jobs).where(jobs.c.deleted.is_(False))
+    async def jobs(
+        self, *, after: Cursor | None, limit: int, now: datetime, where: JobFilter | None = None
+    ) -> list[tuple[JobState, RunSummary]]:
+        """Live jobs that pass `where`, oldest first, `limit` of them after the cursor, each
+        with what its state needs from its runs."""
+        where = where or JobFilter()
+        query = select(jobs, _LAST_RUN_ID.label("last_run_id"), _LAST_OUTCOME.label("last_outcome")).where(
+            jobs.c.deleted.is_(False)
+        )
         if after is not None:
             query = query.where(
                 or_(jobs.c.created_at > after.at, and_(jobs.c.created_at == after.at, jobs.c.id > after.id))
             )
+        if where.state is not None:
+            query = query.where(state_of(now) == where.state)
+        if where.pool is not None:
+            query = query.where(jobs.c.spec["pool"].as_string() == where.pool)
+        for label in where.labels:
+            key, eq, value = label.partition("=")
+            found = jobs.c.spec[("labels", key)].as_string()
+            query = query.where(found == value if eq else found.is_not(None))
+        if where.q:
+            query = query.where(func.lower(jobs.c.name).like(f"%{_escaped(where.q)}%", escape="\\"))
         query = query.order_by(jobs.c.created_at, jobs.c.id).limit(limit)
         async with self.engine.connect() as conn:
             rows = (await conn.execute(query)).all()
-        return [_job_state(r) for r in rows]
+            last = await self._last_runs(conn, [r.last_run_id for r in rows if r.last_run_id is not None])
+        return [
+            (_job_state(r), RunSummary(last_run=last.get(r.last_run_id), last_outcome=r.last_outcome))
+            for r in rows
+        ]
+
+    async def run_summary(self, job_id: str) -> RunSummary:
+        """What the job's state needs from its runs (see `jobs`)."""
+        last_id = (
+            select(runs.c.id)
+            .where(runs.c.job_id == job_id)
+            .order_by(runs.c.slot.desc(), runs.c.id.desc())
+            .limit(1)
+            .scalar_subquery()
+        )
+        outcome = (
+            select(runs.c.status)
+            .where(runs.c.job_id == job_id, runs.c.status.in_(RAN_OUTCOMES))
+            .order_by(runs.c.slot.desc(), runs.c.id.desc())
+            .limit(1)
+            .scalar_subquery()
+        )
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(last_id.label("id"), outcome.label("outcome")))).one()
+            last = await self._last_runs(conn, [row.id] if row.id is not None else [])
+        return RunSummary(last_run=last.get(row.id), last_outcome=row.outcome)
+
+    @staticmethod
+    async def _last_runs(conn: AsyncConnection, ids: list[str]) -> dict[str, LastRun]:
+        if not ids:
+            return {}
+        query = select(runs.c.id, runs.c.slot, runs.c.status, runs.c.finished_at).where(runs.c.id.in_(ids))
+        return {
+            r.id: LastRun(id=r.id, slot=r.slot, status=r.status, finished_at=r.finished_at)
+            for r in await conn.execute(query)
+        }
+
+    async def runs_by_id(self, job_id: str, run_ids: Sequence[str]) -> dict[str, tuple[str, str | None]]:
+        """(status, error) of each of the job's runs named (those the history has)."""
+        found: dict[str, tuple[str, str | None]] = {}
+        query = select(runs.c.id, runs.c.status, runs.c.error).where(runs.c.job_id == job_id)
+        async with self.engine.connect() as conn:
+            # Bounded IN lists: SQLite allows 32,766 parameters, PostgreSQL 65,535.
+            for i in range(0, len(run_ids), 1000):
+                chunk = list(run_ids[i : i + 1000])
+                for r in await conn.execute(query.where(runs.c.id.in_(chunk))):
+                    found[r.id] = (r.status, r.error)
+        return found
 
     async def runs_of(self, job_id: str, *, before: Cursor | None, limit: int) -> list[RunOut]:
         """A job's runs, newest slot first."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -15,21 +16,28 @@ from cronbus.api.domain import (
     Cursor,
     FieldError,
     InvalidInput,
+    JobIsPaused,
     JobNotFound,
     JobState,
     Principal,
     ProjectionBehind,
     RevisionConflict,
+    RunSummary,
+    SlotFacts,
     anchored,
     check_id,
     check_spec,
     evolve,
+    explain_slot,
     job_view,
     patched_spec,
+    slots_in,
 )
-from cronbus.api.history import History
+from cronbus.api.history import History, JobFilter
 from cronbus.api.journal import JobHead, Journal
 from cronbus.api.schemas import (
+    BackfillIn,
+    BackfillOut,
     CrontabImport,
     JobIn,
     JobOut,
@@ -38,7 +46,10 @@ from cronbus.api.schemas import (
     RunAccepted,
     RunPage,
     SkippedLine,
+    SlotList,
+    SlotRun,
 )
+from cronbus.api.timeline import Timeline, pauses_and_deletion
 from cronbus.shared.events import (
     JobCreated,
     JobDeleted,
@@ -49,7 +60,11 @@ from cronbus.shared.events import (
     RunDispatched,
     encode,
     manual_run,
+    scheduled_run,
+    slot_ms,
 )
+
+log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
 
@@ -62,6 +77,15 @@ _APPENDS_IN_FLIGHT = 256
 _HEADER_ROOM = 4096
 # Job ids made from an Idempotency-Key.
 _JOB_NAMESPACE = uuid.UUID("0b6f2d0e-8c9a-5b1e-a4c3-7e2f9d1c5a60")
+
+
+# Seconds after a slot before its absence from the history is explained rather than pending.
+_SETTLE = 60.0
+
+
+def _in_bounds(state: JobState, slot: datetime) -> bool:
+    spec = state.spec
+    return (spec.start_at is None or slot >= spec.start_at) and (spec.end_at is None or slot <= spec.end_at)
 
 
 def _utcnow() -> datetime:
@@ -81,6 +105,7 @@ class Jobs:
         self.history = history
         self.clock = clock
         self.revision_wait = revision_wait
+        self.timeline = Timeline(journal.bus)
 
     # --- reads (the SQL projection) ------------------------------------------------------------
 
@@ -105,18 +130,27 @@ class Jobs:
             state = (await self.journal.head(job_id)).state
         if state is None or state.deleted:
             raise JobNotFound(job_id)
-        return job_view(state, self.clock())
+        return job_view(state, self.clock(), await self.history.run_summary(job_id))
 
     async def _absent_from_stream(self, job_id: str) -> bool:
         return (await self.journal.head(job_id)).state is None
 
-    async def list(self, *, cursor: str | None, limit: int) -> JobPage:
+    async def list(self, *, cursor: str | None, limit: int, where: JobFilter | None = None) -> JobPage:
         after = Cursor.decode(cursor) if cursor else None
-        states = await self.history.jobs(after=after, limit=limit + 1)
+        where = where or JobFilter()
+        errors: list[FieldError] = []
+        for label in where.labels:
+            if not label.partition("=")[0]:
+                errors.append(FieldError(field="label", reason=f"{label!r}: give 'key=value' or 'key'"))
+        if errors:
+            raise InvalidInput(errors)
         now = self.clock()
-        page = states[:limit]
-        next_cursor = Cursor(at=page[-1].created_at, id=page[-1].id).encode() if len(states) > limit else None
-        return JobPage(items=[job_view(s, now) for s in page], next=next_cursor)
+        found = await self.history.jobs(after=after, limit=limit + 1, now=now, where=where)
+        page = found[:limit]
+        next_cursor = (
+            Cursor(at=page[-1][0].created_at, id=page[-1][0].id).encode() if len(found) > limit else None
+        )
+        return JobPage(items=[job_view(s, now, runs) for s, runs in page], next=next_cursor)
 
     async def runs(self, job_id: str, *, cursor: str | None, limit: int) -> RunPage:
         job_id = check_id("job", job_id)
@@ -329,7 +363,7 @@ class Jobs:
         head = await self._live_head(job_id)
         assert head.state is not None
         if not head.state.paused:
-            return job_view(head.state, self.clock())
+            return job_view(head.state, self.clock(), await self._runs_of(head.state.id))
         event = JobResumed(
             job_id=head.state.id, revision=head.state.revision + 1, actor=by.name, occurred_at=self.clock()
         )
@@ -361,6 +395,96 @@ class Jobs:
         await self.journal.dispatch(run, msg_id)
         return RunAccepted(id=run_id, job_id=state.id, slot=slot, attempt=1)
 
+    async def backfill(self, job_id: str, body: BackfillIn, by: Principal) -> BackfillOut:
+        """Dispatch every slot of the job's schedule in [from, to) that was not dispatched yet,
+        with the ids the scheduler gives it (events.scheduled_run): JetStream's dedupe window
+        drops a race with the scheduler, and DISPATCH and the history are read first for what
+        is older than that window. The runner applies the job's overlap policy to these runs
+        like to any other."""
+        head = await self._live_head(job_id)
+        state = head.state
+        assert state is not None
+        if state.paused:
+            raise JobIsPaused(state.id)
+        now = self.clock()
+        if body.to.tzinfo is not None and body.to > now:
+            raise InvalidInput(
+                [
+                    FieldError(
+                        field="to", reason=f"is in the future (now is {now.isoformat()}); backfill past slots"
+                    )
+                ]
+            )
+        slots = [s for s in slots_in(state.spec, body.from_, body.to) if _in_bounds(state, s)]
+        ids = [scheduled_run(state.id, slot_ms(s)) for s in slots]
+        there = await self._already_dispatched(state.id, body.from_, [i.run_id for i in ids])
+        dispatched: list[SlotRun] = []
+        already: list[SlotRun] = []
+        for slot, run in zip(slots, ids, strict=True):
+            if run.msg_id in there or run.run_id in there:
+                already.append(SlotRun(slot=slot, run_id=run.run_id))
+                continue
+            event = RunDispatched(
+                run_id=run.run_id,
+                job_id=state.id,
+                slot=slot,
+                pool=state.spec.pool,
+                spec=state.spec,
+                job_revision=state.revision,
+                trigger="catchup",
+                dispatched_at=self.clock(),
+                scheduler=f"api:{by.name}",
+            )
+            if await self.journal.dispatch(event, run.msg_id):
+                dispatched.append(SlotRun(slot=slot, run_id=run.run_id))
+            else:
+                already.append(SlotRun(slot=slot, run_id=run.run_id))
+        # Audit: the backfill (job, range, slots dispatched) is recorded here.
+        return BackfillOut(slots=len(slots), dispatched=dispatched, already=already)
+
+    async def _already_dispatched(self, job_id: str, since: datetime, run_ids: Sequence[str]) -> set[str]:
+        """Message ids on DISPATCH and run ids in the history among the job's runs since `since`."""
+        if not run_ids:
+            return set()
+        on_stream = await self.timeline.dispatched(job_id, since)
+        in_history = await self.history.runs_by_id(job_id, run_ids)
+        return on_stream | set(in_history)
+
+    async def slots(self, job_id: str, start: datetime, end: datetime) -> SlotList:
+        """Every slot of the job's schedule in [start, end) and what became of it, from what
+        was recorded: its runs (history and DISPATCH), its events, the schedulers' terms."""
+        job_id = check_id("job", job_id)
+        events = await self.timeline.job_events(job_id)
+        state: JobState | None = None
+        for event in events:
+            state = evolve(state, event)
+        if state is None:
+            raise JobNotFound(job_id)
+        created, paused, deleted = pauses_and_deletion(events)
+        assert created is not None
+        slots = slots_in(state.spec, start, end)
+        now = self.clock()
+        ids = {s: scheduled_run(state.id, slot_ms(s)) for s in slots}
+        past = [s for s in slots if s <= now]
+        history = await self.history.runs_by_id(state.id, [ids[s].run_id for s in past])
+        on_stream = await self.timeline.dispatched(state.id, start) if past else set()
+        runs: dict[datetime, tuple[str, str, str | None]] = {}
+        for s in past:
+            run = ids[s]
+            if run.run_id in history:
+                status, error = history[run.run_id]
+                runs[s] = (run.run_id, status, error)
+            elif run.msg_id in on_stream:
+                runs[s] = (run.run_id, "dispatched", None)
+        facts = SlotFacts(
+            runs=runs,
+            created_at=created,
+            paused=paused,
+            deleted_at=deleted,
+            gaps=await self.timeline.leader_gaps(now) if past else [],
+        )
+        return SlotList(items=[explain_slot(s, state.spec, facts, now, settle=_SETTLE) for s in slots])
+
     async def _live_head(self, job_id: str) -> JobHead:
         job_id = check_id("job", job_id)
         head = await self.journal.head(job_id)
@@ -373,4 +497,13 @@ class Jobs:
         await self.journal.append(event, expected_last_seq=head.last_seq, current=head.state.revision)
         state: JobState | None = evolve(head.state, event)  # type: ignore[arg-type]
         assert state is not None
-        return job_view(state, self.clock())
+        return job_view(state, self.clock(), await self._runs_of(state.id))
+
+    async def _runs_of(self, job_id: str) -> RunSummary:
+        """The job's runs for its state in a write's answer; without them (the history is
+        unreachable) the write still answers: it is done."""
+        try:
+            return await self.history.run_summary(job_id)
+        except Exception as exc:
+            log.warning("job %s: answering without its runs (history: %r)", job_id, exc)
+            return RunSummary()

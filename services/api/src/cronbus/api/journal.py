@@ -116,14 +116,16 @@ class Journal:
                 raise
         return ack.seq
 
-    async def dispatch(self, run: RunDispatched, msg_id: str) -> None:
+    async def dispatch(self, run: RunDispatched, msg_id: str) -> bool:
+        """Publish `run` to DISPATCH; False when JetStream dropped it as a duplicate of `msg_id`."""
         attributes = {"cronbus.job_id": run.job_id, "cronbus.run_id": run.run_id}
-        with _tracer.start_as_current_span("dispatch manual run", attributes=attributes):
-            await self.bus.js.publish(
+        with _tracer.start_as_current_span(f"dispatch {run.trigger} run", attributes=attributes):
+            ack = await self.bus.js.publish(
                 self.names.dispatch_subject(run.pool, run.job_id),
                 encode(run),
                 headers=inject_headers({MSG_ID: msg_id}),
             )
+        return not ack.duplicate
 
     async def run_head(self, run_id: str, job_id: str = "*") -> RunHead | None:
         """The run's last event on RUNS (any job when `job_id` is not known), or None."""

@@ -31,7 +31,14 @@ from nats.errors import Error as NatsError
 from sqlalchemy import exc as sa_exc
 
 from cronbus.api.auth import Forbidden, Unauthenticated
-from cronbus.api.domain import InvalidInput, JobNotFound, ProjectionBehind, RevisionConflict, RunNotFound
+from cronbus.api.domain import (
+    InvalidInput,
+    JobIsPaused,
+    JobNotFound,
+    ProjectionBehind,
+    RevisionConflict,
+    RunNotFound,
+)
 from cronbus.api.schemas import FieldError, Problem
 
 log = logging.getLogger(__name__)
@@ -131,6 +138,10 @@ def _not_found(request: Request[Any, Any, Any], exc: LookupError) -> Response[by
 
 def _conflict(request: Request[Any, Any, Any], exc: RevisionConflict) -> Response[bytes]:
     return problem_response(_problem(request, 409, "revision-conflict", "Revision conflict", str(exc)))
+
+
+def _paused(request: Request[Any, Any, Any], exc: JobIsPaused) -> Response[bytes]:
+    return problem_response(_problem(request, 409, "job-paused", "Job is paused", str(exc)))
 
 
 def _behind(request: Request[Any, Any, Any], exc: ProjectionBehind) -> Response[bytes]:
@@ -316,6 +327,7 @@ EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     JobNotFound: _not_found,
     RunNotFound: _not_found,
     RevisionConflict: _conflict,
+    JobIsPaused: _paused,
     ProjectionBehind: _behind,
     HTTPException: _http,
     Exception: _failure,

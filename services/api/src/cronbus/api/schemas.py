@@ -180,8 +180,25 @@ class RetentionOut(msgspec.Struct, kw_only=True):
     log_bytes: int | None
 
 
+JobStateName = Literal["scheduled", "paused", "finished", "failing"]
+
+
+class LastRun(msgspec.Struct, kw_only=True):
+    """A job's newest run (by slot): `finished_at` is null while it is not over."""
+
+    id: str
+    slot: datetime
+    status: str
+    finished_at: datetime | None
+
+
 class JobOut(msgspec.Struct, kw_only=True):
-    """A job as it is now. `next_fires`: the next five slots (UTC); empty when paused."""
+    """A job as it is now. `next_fires`: the next five slots (UTC); empty when paused.
+
+    `state`: `paused`; else `finished` (a one-off `@at` that ran, or `end_at` passed); else
+    `failing` (its last finished run did not succeed; skipped runs do not count); else
+    `scheduled`. `last_run`: its newest run, null when it has none.
+    """
 
     id: str
     revision: int
@@ -205,6 +222,8 @@ class JobOut(msgspec.Struct, kw_only=True):
     created_at: datetime
     updated_at: datetime
     next_fires: list[datetime]
+    state: JobStateName = "scheduled"
+    last_run: LastRun | None = None
 
 
 class JobPage(msgspec.Struct, kw_only=True):
@@ -232,6 +251,59 @@ class CrontabImport(msgspec.Struct, kw_only=True):
 
     items: list[JobOut]
     skipped: list[SkippedLine]
+
+
+class BackfillIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """`POST /v1/jobs/{id}/backfill`: the slots of the job's schedule in [from, to)."""
+
+    from_: datetime = msgspec.field(name="from")
+    to: datetime
+
+
+class SlotRun(msgspec.Struct, kw_only=True):
+    slot: datetime
+    run_id: str
+
+
+class BackfillOut(msgspec.Struct, kw_only=True):
+    """`slots`: how many the range holds; `dispatched`: those dispatched now; `already`: those
+    dispatched before (by the scheduler or an earlier backfill), not dispatched again."""
+
+    slots: int
+    dispatched: list[SlotRun]
+    already: list[SlotRun]
+
+
+class LeaderGap(msgspec.Struct, kw_only=True):
+    """A time no scheduler was leading: `to` is null while it lasts."""
+
+    from_: datetime = msgspec.field(name="from")
+    to: datetime | None
+
+
+SlotOutcome = Literal["dispatched", "skipped", "missed", "pending"]
+
+
+class SlotOut(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One slot of a job's schedule and what became of it.
+
+    `dispatched`: `run_id` and `status` (the run's, `dispatched` until it starts). `skipped`:
+    `reason`. `missed`: `gap`, when no scheduler was leading. `pending`: in the future, or
+    not decided (or not in the history) yet.
+    """
+
+    slot: datetime
+    outcome: SlotOutcome
+    run_id: str | None = None
+    status: str | None = None
+    reason: str | None = None
+    gap: LeaderGap | None = None
+
+
+class SlotList(msgspec.Struct, kw_only=True):
+    """`GET /v1/jobs/{id}/slots`: every slot of the schedule in [from, to), oldest first."""
+
+    items: list[SlotOut]
 
 
 class AttemptOut(msgspec.Struct, kw_only=True):
