@@ -7,28 +7,84 @@ extracts them and starts its span as a child, so one run is one trace across ser
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from opentelemetry import context, propagate, trace
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SpanExporter,
+    SpanExportResult,
+)
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 _propagator = TraceContextTextMapPropagator()
 _configured = False
 
 
+class CountingExporter(SpanExporter):
+    """Forwards to `inner` and counts the spans it could not deliver (a collector that is down
+    costs dropped spans, never a slower service: export runs on the processor's thread)."""
+
+    def __init__(self, inner: SpanExporter) -> None:
+        self.inner = inner
+        self.exported = 0
+        self.dropped = 0
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        try:
+            result = self.inner.export(spans)
+        except Exception:  # an exporter must never raise into the SDK's worker
+            result = SpanExportResult.FAILURE
+        if result is SpanExportResult.SUCCESS:
+            self.exported += len(spans)
+        else:
+            self.dropped += len(spans)
+        return result
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.inner.force_flush(timeout_millis)
+
+
+# The OTLP exporter of this process, when one is configured (its counts feed the metrics).
+otlp: CountingExporter | None = None
+
+
+def otlp_wanted(environ: Mapping[str, str]) -> bool:
+    """The standard variables ask for OTLP: an endpoint is set and the exporter is not "none"."""
+    if environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
+        return False
+    if environ.get("OTEL_TRACES_EXPORTER", "otlp").lower() in ("none", ""):
+        return False
+    return bool(
+        environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    )
+
+
 def setup_tracing(service: str, instance_id: str) -> None:
-    """Install a tracer provider once per process. Spans are exported only when asked
-    (CRONBUS_TRACE_CONSOLE=1 prints them); context still propagates either way."""
-    global _configured
+    """Install a tracer provider once per process. Context propagates always; spans are
+    exported over OTLP/HTTP when the standard `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+    `..._TRACES_ENDPOINT`) is set -- the exporter reads the other `OTEL_*` variables itself
+    (headers, timeout, protocol paths) -- and printed with CRONBUS_TRACE_CONSOLE=1.
+    `OTEL_SERVICE_NAME` overrides the service name `cronbus-<service>`."""
+    global _configured, otlp
     if _configured:
         return
     _configured = True
-    provider = TracerProvider(
-        resource=Resource.create({"service.name": f"cronbus-{service}", "service.instance.id": instance_id})
-    )
+    attributes = {"service.name": f"cronbus-{service}", "service.instance.id": instance_id}
+    if os.environ.get("OTEL_SERVICE_NAME"):
+        attributes["service.name"] = os.environ["OTEL_SERVICE_NAME"]
+    provider = TracerProvider(resource=Resource.create(attributes))
+    if otlp_wanted(os.environ):
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        otlp = CountingExporter(OTLPSpanExporter())
+        provider.add_span_processor(BatchSpanProcessor(otlp))
     if os.environ.get("CRONBUS_TRACE_CONSOLE") == "1":
         provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
     trace.set_tracer_provider(provider)
