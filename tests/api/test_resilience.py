@@ -5,16 +5,23 @@ again once they are back."""
 from __future__ import annotations
 
 import asyncio
+import errno
+import socket
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 import httpx
 import msgspec
+import nats.errors
+import nats.js.errors
 import pytest
 from litestar.types import Message
 from nats.errors import MaxPayloadError
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import insert
 
 from cronbus.api.app import create_app
@@ -262,3 +269,70 @@ async def test_a_message_larger_than_nats_carries_is_413_not_an_outage(lite_api:
     problem = msgspec.json.decode(sent[1]["body"])
     assert str(limit) in problem["detail"], problem
     assert outage(raised.value) is None
+
+
+def _wrapped(orig: BaseException) -> sa_exc.DBAPIError:
+    """What SQLAlchemy raises for a driver error: the driver's exception as `orig` and cause."""
+    try:
+        try:
+            raise orig
+        except BaseException as exc:
+            raise sa_exc.DBAPIError.instance("SELECT 1", None, exc, Exception) from exc  # type: ignore[arg-type]
+    except sa_exc.DBAPIError as wrapped:
+        return wrapped
+
+
+def _raised_by_asyncpg() -> BaseException:
+    """A refused connection as asyncpg raises it (unwrapped, from inside asyncpg)."""
+
+    async def connect() -> None:
+        await asyncpg.connect(host="127.0.0.1", port=_closed_port(), timeout=5)
+
+    try:
+        asyncio.run(connect())
+    except BaseException as exc:
+        return exc
+    raise AssertionError("connected to a closed port")
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        (_raised_by_asyncpg, "the history database"),
+        (lambda: _wrapped(sqlite3.OperationalError("database is locked")), "the history database"),
+        (lambda: _wrapped(sqlite3.OperationalError("unable to open database file")), "the history database"),
+        (
+            lambda: _wrapped(asyncpg.ConnectionDoesNotExistError("connection was closed")),
+            "the history database",
+        ),
+        (
+            lambda: _wrapped(asyncpg.CannotConnectNowError("the database system is starting up")),
+            "the history database",
+        ),
+        (lambda: sa_exc.TimeoutError("QueuePool limit reached"), "the history database"),
+        (lambda: nats.errors.TimeoutError(), "NATS"),
+        (lambda: nats.errors.NoRespondersError(), "NATS"),
+        (lambda: nats.errors.ConnectionClosedError(), "NATS"),
+        (lambda: nats.errors.ConnectionReconnectingError(), "NATS"),
+        (lambda: nats.js.errors.NoStreamResponseError(), "NATS"),
+        (lambda: nats.js.errors.ServiceUnavailableError(code=503), "NATS"),
+        # Not outages: bugs and bad input stay 500 or their own 4xx.
+        (lambda: MaxPayloadError(), None),
+        (lambda: nats.js.errors.BadRequestError(code=400), None),
+        (lambda: _wrapped(sqlite3.OperationalError("no such table: jobs")), None),
+        (lambda: _wrapped(asyncpg.DataError("invalid input for query argument $1")), None),
+        (lambda: _wrapped(sqlite3.IntegrityError("UNIQUE constraint failed")), None),
+        (lambda: OSError(errno.ENAMETOOLONG, "File name too long"), None),
+        (lambda: OverflowError("Python int too large to convert to SQLite INTEGER"), None),
+        (lambda: ValueError("boom"), None),
+    ],
+)
+def test_what_counts_as_an_outage(make: Any, expected: str | None) -> None:
+    assert outage(make()) == expected

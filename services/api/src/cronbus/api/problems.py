@@ -2,7 +2,11 @@
 
 Every error the API answers goes through here, so clients always get the same shape:
 `type`, `title`, `status`, `detail` and, for invalid input, `errors: [{field, reason}]`.
-Unexpected failures are logged with their traceback here and answered without one.
+One handler takes every exception that has no more specific one (`_failure`): it tells an
+outage (NATS or the database cannot be reached: 503 with `Retry-After`, whatever the
+endpoint) from a message too large for NATS (413) and from a bug (500, logged with its
+traceback here and answered without one). Requests refused before routing (auth.py) are
+answered by the same handlers (`answer_exception`).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from nats.errors import (
     NotJSMessageError,
 )
 from nats.errors import Error as NatsError
+from nats.js.errors import BadRequestError
 from sqlalchemy import exc as sa_exc
 
 from cronbus.api.auth import Forbidden, Unauthenticated
@@ -195,6 +200,7 @@ _NATS_NOT_OUTAGE: tuple[type[Exception], ...] = (
     JsonParseError,
     NotJSMessageError,
     MsgAlreadyAckdError,
+    BadRequestError,
 )
 
 
@@ -280,9 +286,9 @@ def unavailable_problem(what: str, instance: str) -> Problem:
     )
 
 
-def _too_large(request: Request[Any, Any, Any], exc: BaseException) -> Response[bytes]:
-    limit = getattr(getattr(request.app.state, "bus", None), "nc", None)
-    max_payload = getattr(limit, "max_payload", 0) or 0
+def _too_large(request: Request[Any, Any, Any]) -> Response[bytes]:
+    nc = getattr(getattr(request.app.state, "bus", None), "nc", None)
+    max_payload = getattr(nc, "max_payload", 0) or 0
     said = f" ({max_payload} bytes)" if max_payload else ""
     return problem_response(
         _problem(
@@ -300,7 +306,7 @@ def _failure(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]
     """Every exception without a more specific handler: an outage (503), a message too large
     for NATS (413), or a bug (500)."""
     if any(isinstance(c, MaxPayloadError) for c in _causes(exc)):
-        return _too_large(request, exc)
+        return _too_large(request)
     what = outage(exc)
     if what is not None:
         log.warning("%s %s: %s unavailable: %r", request.method, request.url.path, what, exc)
