@@ -34,11 +34,17 @@ from cronbus.scheduler.feed import JobFeed
 from cronbus.scheduler.history import dedupe_covers, dispatched_since
 from cronbus.scheduler.lease import Lease, Term
 from cronbus.scheduler.publish import AckedPublisher
-from cronbus.scheduler.watermark import Start, failover_grace, read_watermark, write_watermark
+from cronbus.scheduler.watermark import (
+    Start,
+    failover_grace,
+    read_watermark,
+    record_term,
+    write_watermark,
+)
 from cronbus.shared.bus import Bus
 from cronbus.shared.events import JobEvents
 from cronbus.shared.settings import Settings
-from cronbus.shared.status import SchedulerStatus, encode_status
+from cronbus.shared.status import LeaderTerm, SchedulerStatus, encode_status
 from cronbus.shared.tracing import setup_tracing
 
 log = logging.getLogger(__name__)
@@ -81,6 +87,8 @@ class SchedulerService:
         self._processed_until = 0.0
         self._lease: Lease | None = None
         self._publisher: AckedPublisher | None = None
+        # The term begun and not recorded yet (the state loop records it with the watermark).
+        self._unrecorded_term: LeaderTerm | None = None
 
     @property
     def term(self) -> Term | None:
@@ -232,6 +240,12 @@ class SchedulerService:
         queued = self.timetable.lead(
             start.at, now, dispatched, settled_before=start.at - HISTORY_MARGIN, grace=grace
         )
+        self._unrecorded_term = LeaderTerm(
+            leader=self.settings.instance_id,
+            lease_revision=lease.revision or 0,
+            started_at=to_datetime(now),
+            watermark=to_datetime(start.at),
+        )
         self.leading.set()
         self._wake.set()
         log.info(
@@ -366,6 +380,9 @@ class SchedulerService:
             schedule_errors=self.timetable.schedule_errors,
         )
         await kv.put(STATUS_KEY, encode_status(status))
+        if (term := self._unrecorded_term) is not None:
+            await record_term(kv, term)
+            self._unrecorded_term = None
 
 
 def create_service(settings: Settings) -> SchedulerService:

@@ -18,6 +18,7 @@ from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from cronbus.scheduler.domain import to_datetime
+from cronbus.shared.status import MAX_TERMS, TERMS_KEY, LeaderTerm, LeaderTerms, decode_terms, encode_terms
 
 log = logging.getLogger(__name__)
 
@@ -88,3 +89,19 @@ async def read_watermark(kv: KeyValue) -> Start | None:
 async def write_watermark(kv: KeyValue, at: float, *, leader: str, now: float, stopped: bool = False) -> None:
     value = Watermark(at=to_datetime(at), leader=leader, written=to_datetime(now), stopped=stopped)
     await kv.put(WATERMARK_KEY, msgspec.json.encode(value))
+
+
+async def record_term(kv: KeyValue, term: LeaderTerm) -> None:
+    """Add `term` to the terms of leadership (the last MAX_TERMS), from which the API tells when
+    no scheduler was leading. Only a leader writes it, once per term."""
+    terms: list[LeaderTerm] = []
+    try:
+        entry = await kv.get(TERMS_KEY)
+        terms = decode_terms(entry.value or b"{}").terms
+    except KeyNotFoundError:
+        pass
+    except msgspec.DecodeError:
+        log.error("unreadable terms of leadership: starting them afresh")
+    terms = [t for t in terms if t.lease_revision != term.lease_revision or t.leader != term.leader]
+    terms.append(term)
+    await kv.put(TERMS_KEY, encode_terms(LeaderTerms(terms=terms[-MAX_TERMS:])))
