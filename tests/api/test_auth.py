@@ -100,6 +100,11 @@ ROUTE_ROLES: dict[tuple[str, str], str] = {
     ("GET", "/v1/keys"): "admin",
     ("DELETE", "/v1/keys/{key_id}"): "admin",
     ("GET", "/v1/audit"): "admin",
+    ("GET", "/v1/whoami"): "viewer",
+    ("POST", "/v1/schedule/preview"): "viewer",
+    ("GET", "/"): PUBLIC,
+    ("GET", "/console/{file_path}"): PUBLIC,
+    ("HEAD", "/console/{file_path}"): PUBLIC,
     ("GET", "/healthz"): PUBLIC,
     ("GET", "/readyz"): PUBLIC,
     ("GET", "/v1/openapi.json"): PUBLIC,
@@ -150,6 +155,7 @@ async def test_auth_matrix(api: Api) -> None:
         "run_id": str(uuid.uuid4()),
         "key_id": str(uuid.uuid4()),
         "path": "index.html",
+        "file_path": "app.js",
     }
     failures: list[str] = []
     for (method, template), needed in sorted(table.items()):

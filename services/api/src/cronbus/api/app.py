@@ -25,6 +25,7 @@ from cronbus.api.admin import AuditController, KeyController
 from cronbus.api.audit import AuditLog, AuditReader
 from cronbus.api.auth import DOCS_PATH, AuthenticateFirst, KeyRing, authorize, is_public
 from cronbus.api.body import JsonRequest
+from cronbus.api.console import ConsoleController, console_files, console_page
 from cronbus.api.controllers import (
     HealthController,
     ImportController,
@@ -84,6 +85,9 @@ def create_app(
             KeyController,
             AuditController,
             openapi_json,
+            ConsoleController,
+            console_page,
+            console_files(),
         ],
         dependencies={
             "jobs": Provide(lambda: jobs, sync_to_thread=False),
