@@ -47,6 +47,10 @@ async def test_every_change_is_audited_with_its_actor_and_the_filters_work(api: 
         await wait_for(projected, timeout=10, what="the run in the history")
         cancelled = await api.client.post(f"/v1/runs/{run_id}/cancel", headers=alice)
         assert cancelled.status_code == 202, cancelled.text
+        now = datetime.now(UTC)
+        window = {"from": (now - timedelta(days=2)).isoformat(), "to": now.isoformat()}
+        backfilled = await api.client.post(f"{url}/backfill", json=window, headers=alice)
+        assert backfilled.status_code == 200, backfilled.text
         imported = await api.client.post(
             "/v1/import/crontab", content=CRONTAB, headers={**alice, "Content-Type": "text/plain"}
         )
@@ -72,6 +76,7 @@ async def test_every_change_is_audited_with_its_actor_and_the_filters_work(api: 
             ("alice", "job.resumed", job_id),
             ("alice", "run.requested", job_id),
             ("alice", "run.cancel_requested", None),
+            ("alice", "job.backfilled", job_id),
             ("alice", "crontab.imported", None),
             ("alice", "job.deleted", job_id),
             ("temp", "key.expired_used", None),
@@ -93,6 +98,7 @@ async def test_every_change_is_audited_with_its_actor_and_the_filters_work(api: 
     assert by_action["job.deleted"]["revision"] == 5
     assert by_action["run.requested"]["detail"] == {"run_id": run_id}
     assert by_action["run.cancel_requested"]["detail"] == {"run_id": run_id}
+    assert by_action["job.backfilled"]["detail"]["slots"] == 2
     assert by_action["crontab.imported"]["detail"]["jobs"] == 2
     assert by_action["crontab.imported"]["detail"]["skipped"] == 1
     assert by_action["key.revoked"]["detail"]["key_id"] == temp["id"]
@@ -105,6 +111,7 @@ async def test_every_change_is_audited_with_its_actor_and_the_filters_work(api: 
     of_job = (await audit(api, job_id=job_id))["items"]
     assert [i["action"] for i in of_job] == [
         "job.deleted",
+        "job.backfilled",
         "run.requested",
         "job.resumed",
         "job.paused",
@@ -112,10 +119,10 @@ async def test_every_change_is_audited_with_its_actor_and_the_filters_work(api: 
         "job.created",
     ]
     assert {i["actor"] for i in (await audit(api, actor="alice"))["items"]} == {"alice"}
-    assert len((await audit(api, actor="alice"))["items"]) == 10
+    assert len((await audit(api, actor="alice"))["items"]) == 11
     assert [i["job_id"] for i in (await audit(api, action="job.paused"))["items"]] == [job_id]
     since = (await audit(api, since=middle.isoformat(), job_id=job_id))["items"]
-    assert [i["action"] for i in since] == ["job.deleted", "run.requested", "job.resumed"]
+    assert [i["action"] for i in since] == ["job.deleted", "job.backfilled", "run.requested", "job.resumed"]
     assert (await audit(api, actor="nobody"))["items"] == []
 
     # Paging: pages of 2 give every record once, in the same order.

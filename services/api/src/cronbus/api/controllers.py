@@ -16,10 +16,16 @@ from litestar.params import HeaderParameter, JSONBody, PathParameter, QueryParam
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 
-from cronbus.api.audit import CRONTAB_IMPORTED, RUN_CANCEL_REQUESTED, RUN_REQUESTED, AuditLog
+from cronbus.api.audit import (
+    CRONTAB_IMPORTED,
+    JOB_BACKFILLED,
+    RUN_CANCEL_REQUESTED,
+    RUN_REQUESTED,
+    AuditLog,
+)
 from cronbus.api.auth import caller
 from cronbus.api.body import strict_jobs, strict_patch
-from cronbus.api.domain import FieldError, InvalidInput, Role
+from cronbus.api.domain import FieldError, InvalidInput, Role, check_id
 from cronbus.api.history import History, JobFilter
 from cronbus.api.jobs import Jobs
 from cronbus.api.problems import PROBLEM_JSON, RETRY_AFTER
@@ -322,8 +328,19 @@ class JobController(Controller):
         job_id: JobId,
         data: JSONBody[BackfillIn],
         jobs: NamedDependency[Jobs],
+        audit_log: NamedDependency[AuditLog],
     ) -> BackfillOut:
-        return await jobs.backfill(job_id, data, caller(request))
+        by = caller(request)
+        answer = await jobs.backfill(job_id, data, by)
+        detail = {
+            "from": data.from_.isoformat(),
+            "to": data.to.isoformat(),
+            "slots": answer.slots,
+            "dispatched": len(answer.dispatched),
+            "already": len(answer.already),
+        }
+        await audit_log.record(JOB_BACKFILLED, by.name, job_id=check_id("job", job_id), detail=detail)
+        return answer
 
     @get(
         "/{job_id:str}/slots",
