@@ -7,8 +7,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from sqlalchemy import delete, select
+
+from cronbus.shared.history.schema import projector_positions
 from tests.api.conftest import Api
-from tests.api.test_jobs import BACKUP
+from tests.api.test_jobs import BACKUP, create
 from tests.api.test_keys import make_key
 from tests.logs.harness import running_logs
 from tests.support import wait_for
@@ -154,3 +157,46 @@ async def test_bad_audit_queries_name_the_parameter(lite_api: Api) -> None:
         assert answer.status_code == 422, answer.text
     viewer = await api.add_key("viewer")
     assert (await api.client.get("/v1/audit", headers=api.auth(viewer))).status_code == 403
+
+
+async def test_replaying_the_streams_records_each_action_once(api: Api) -> None:
+    """The projectors' positions are lost: JOBS and AUDIT are applied again from the start, and
+    the audit log is what it was (a record is keyed by its event id)."""
+
+    async def records() -> list[dict[str, Any]]:
+        return list((await audit(api, limit=200))["items"])
+
+    async with running_logs(api.settings):
+        await make_key(api, "bob", "operator")
+        job = await create(api)
+        assert (await api.client.post(f"/v1/jobs/{job['id']}/runs", headers=api.auth())).status_code == 202
+        before = await wait_for(
+            lambda: _at_least(records, 3), timeout=20, interval=0.1, what="three audit records"
+        )
+    assert sorted(i["action"] for i in before) == ["job.created", "key.created", "run.requested"]
+
+    async with api.engine.begin() as conn:
+        await conn.execute(delete(projector_positions))
+    names = api.settings.names
+    async with running_logs(api.settings):
+
+        async def replayed() -> bool:
+            async with api.engine.connect() as conn:
+                found = dict(
+                    (
+                        await conn.execute(
+                            select(projector_positions.c.consumer, projector_positions.c.stream_seq)
+                        )
+                    ).all()
+                )
+            jobs_seq = (await api.bus.js.stream_info(names.jobs_stream)).state.last_seq
+            audit_seq = (await api.bus.js.stream_info(names.audit_stream)).state.last_seq
+            return found.get("logs-jobs") == jobs_seq and found.get("logs-audit") == audit_seq
+
+        await wait_for(replayed, timeout=20, interval=0.1, what="JOBS and AUDIT projected again")
+    assert await records() == before
+
+
+async def _at_least(records: Any, count: int) -> list[dict[str, Any]] | None:
+    found: list[dict[str, Any]] = await records()
+    return found if len(found) >= count else None
