@@ -148,9 +148,10 @@ async def test_backfill_across_a_scheduler_failover_dispatches_each_slot_once(
             replicas.spawn()
         started = whole_second(datetime.now(UTC))
 
-        async def dispatched_up_to(at: datetime) -> bool:
+        async def dispatched_up_to(at: datetime) -> datetime | None:
+            """The newest slot dispatched, once it is `at` or later."""
             counts = await dispatch_counts(api, job["id"])
-            return bool(counts) and max(counts) >= at
+            return max(counts) if counts and max(counts) >= at else None
 
         await wait_for(
             lambda: dispatched_up_to(started + timedelta(seconds=3)), timeout=30, what="dispatches"
@@ -170,9 +171,10 @@ async def test_backfill_across_a_scheduler_failover_dispatches_each_slot_once(
         assert second["dispatched"] == []
         assert first["slots"] == second["slots"] == len(second["already"])
 
-        await wait_for(
+        newest = await wait_for(
             lambda: dispatched_up_to(range_end + timedelta(seconds=3)), timeout=30, what="the new leader"
         )
+        assert newest is not None
         counts = await dispatch_counts(api, job["id"])
         in_range = {slot: n for slot, n in counts.items() if started <= slot < range_end}
         expected = [started + timedelta(seconds=i) for i in range(int((range_end - started).total_seconds()))]
