@@ -90,6 +90,8 @@ ROUTE_ROLES: dict[tuple[str, str], str] = {
     ("POST", "/v1/jobs/{job_id}/resume"): "operator",
     ("GET", "/v1/jobs/{job_id}/runs"): "viewer",
     ("POST", "/v1/jobs/{job_id}/runs"): "operator",
+    ("POST", "/v1/jobs/{job_id}/backfill"): "operator",
+    ("GET", "/v1/jobs/{job_id}/slots"): "viewer",
     ("GET", "/v1/runs/{run_id}"): "viewer",
     ("GET", "/v1/runs/{run_id}/log"): "viewer",
     ("GET", "/v1/runs/{run_id}/log/stream"): "viewer",
