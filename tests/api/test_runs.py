@@ -370,3 +370,12 @@ async def test_log_attempt_out_of_range_is_a_4xx(api: Api) -> None:
         assert response.headers["content-type"].startswith("application/problem+json")
     ok = await api.client.get(f"/v1/runs/{run_id}/log", params={"attempt": 2**31 - 1}, headers=api.auth())
     assert ok.status_code == 200, ok.text
+
+
+async def test_live_output_of_a_run_that_exists_nowhere_is_404(lite_api: Api) -> None:
+    api = lite_api
+    response = await asyncio.wait_for(
+        api.client.get(f"/v1/runs/{uuid.uuid4()}/log/stream", headers=api.auth()), timeout=10
+    )
+    assert response.status_code == 404, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")

@@ -390,14 +390,14 @@ class RunController(Controller):
     @get(
         "/{run_id:str}/log/stream",
         opt=VIEWER,
-        responses=problems(403, 422),
+        responses=problems(403, 404, 422),
         media_type="text/event-stream",
         summary="A run's output, live (Server-Sent Events)",
     )
     async def stream(
         self, request: Request[Any, Any, Any], run_id: RunId, runs: NamedDependency[Runs]
     ) -> ServerSentEvent:
-        chunks = runs.tail(run_id, idle_timeout=_TAIL_POLL)
+        chunks = await runs.tail(run_id, idle_timeout=_TAIL_POLL)
         # The first step subscribes to the streams: take it before answering, so that NATS
         # being down is a 503 rather than a stream that breaks after its 200.
         try:

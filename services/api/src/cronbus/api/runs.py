@@ -42,12 +42,12 @@ class Runs:
             raise RunNotFound(run_id)
         return await self.history.log(run_id, attempt)
 
-    async def cancel(self, run_id: str, by: Principal) -> CancelRequested:
-        """Cancel the run; the outcome shows up as status `cancelled`.
+    async def locate(self, run_id: str) -> RunHead:
+        """Where the run is, or RunNotFound.
 
         The run is looked for on the bus as well as in the history, which lags behind it: its
         events on RUNS, the history, then the DISPATCH messages the history has not projected
-        (a run dispatched a moment ago). 404 only when it is in none of them.
+        (a run dispatched a moment ago). Not found only when it is in none of them.
         """
         run_id = check_id("run", run_id)
         head = await self.journal.run_head(run_id)
@@ -63,12 +63,19 @@ class Runs:
                 head = RunHead(identity=dispatched, last=None, last_seq=0)
         if head is None:
             raise RunNotFound(run_id)
-        await self.journal.cancel(head, by.name)
-        return CancelRequested(id=run_id)
+        return head
 
-    def tail(self, run_id: str, *, idle_timeout: float) -> AsyncIterator[LogChunk | None]:
-        """The run's output from the LOGS stream: replay, then live until the run finishes."""
-        return self.journal.tail(check_id("run", run_id), idle_timeout=idle_timeout)
+    async def cancel(self, run_id: str, by: Principal) -> CancelRequested:
+        """Cancel the run wherever it is (`locate`); the outcome shows up as status `cancelled`."""
+        head = await self.locate(run_id)
+        await self.journal.cancel(head, by.name)
+        return CancelRequested(id=head.identity.run_id)
+
+    async def tail(self, run_id: str, *, idle_timeout: float) -> AsyncIterator[LogChunk | None]:
+        """The run's output from the LOGS stream: replay, then live until the run finishes.
+        RunNotFound for a run that exists nowhere (its tail would wait forever)."""
+        head = await self.locate(run_id)
+        return self.journal.tail(head.identity.run_id, idle_timeout=idle_timeout)
 
     async def status(self) -> StatusOut:
         scheduler = await self.journal.scheduler_status()
