@@ -210,3 +210,30 @@ def test_import_a_crontab_with_a_preview_first(stack: Stack, tmp_path) -> None: 
         assert done.returncode == 0, done.stderr
     jobs = json.loads(stack.cli("jobs", "ls", "--q", prefix, "--json").stdout)
     assert len([j for j in jobs if j["name"].startswith(prefix)]) == 1
+
+
+def test_a_viewer_key_from_the_cli_reads_but_cannot_change(stack: Stack) -> None:
+    made = stack.cli("keys", "create", unique("reader"), "--role", "viewer", "--json")
+    assert made.returncode == 0, made.stderr
+    key = json.loads(made.stdout)
+    assert key["role"] == "viewer" and key["key"]
+    listed = stack.cli("keys", "ls")
+    assert key["id"] in listed.stdout and key["key"] not in listed.stdout
+
+    as_viewer = stack.env(CRONBUS_KEY=key["key"])
+    assert stack.cli("jobs", "ls", env=as_viewer).returncode == 0
+    refused = stack.cli(
+        "jobs", "create", "--name", unique("no"), "--schedule", NEVER, "--command", "true", env=as_viewer
+    )
+    assert refused.returncode == 1 and "403" in refused.stderr
+
+    assert stack.cli("keys", "revoke", key["id"]).returncode == 0
+    revoked = stack.cli("jobs", "ls", env=as_viewer)
+    assert revoked.returncode == 1 and "401" in revoked.stderr
+
+    def audited() -> list[dict] | None:
+        out = stack.cli("audit", "--action", "key.revoked", "--json")
+        items = json.loads(out.stdout) if out.returncode == 0 else []
+        return [i for i in items if key["id"] in json.dumps(i)] or None
+
+    assert wait_for_sync(audited, timeout=30, what="the revocation in the audit log")
