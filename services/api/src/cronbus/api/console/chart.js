@@ -22,7 +22,7 @@ export function barChart(title, values, { unit = "ms", format = (v) => `${Math.r
   const label = svg("text", { x: 2, y: 10, class: "chart-label" });
   label.textContent = `max ${format(max)}`;
   root.append(label);
-  const step = width / Math.max(values.length, 1);
+  const step = width / Math.max(values.length, 12); // a few runs do not make one wide slab
   values.forEach((v, i) => {
     if (v === null) return;
     const bar = Math.max(1, ((height - top) * v) / max);

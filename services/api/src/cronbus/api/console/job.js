@@ -55,8 +55,16 @@ export async function jobPage(ctx, id) {
   async function runNow() {
     try {
       const run = await api("POST", `/v1/jobs/${id}/runs`, { headers: { "Idempotency-Key": crypto.randomUUID() } });
-      say("Run dispatched.");
-      location.hash = `#/runs/${run.id}`;
+      say("Run dispatched; opening it once the history has it…");
+      // The history records a run a moment after its dispatch: wait for it in the job's list
+      // (asking for the run itself before then would be a 404).
+      const deadline = Date.now() + 30000;
+      while (Date.now() < deadline && !ctx.signal.aborted) {
+        const page = await api("GET", withQuery(`/v1/jobs/${id}/runs`, { limit: 20 }), { signal: ctx.signal });
+        if (page.items.some((r) => r.id === run.id)) break;
+        await new Promise((resolve) => setTimeout(resolve, 250));
+      }
+      if (!ctx.signal.aborted) location.hash = `#/runs/${run.id}`;
     } catch (exc) {
       say(exc.message, "error");
     }
