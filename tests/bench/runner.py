@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import psutil
 from nats.aio.msg import Msg
 
 from cronbus.shared.bus import MSG_ID, Bus
@@ -47,7 +48,7 @@ def _runner_env(**extra: str) -> dict[str, str]:
 
 
 @contextlib.asynccontextmanager
-async def runner_process(settings: Settings, log: Path, **env: str) -> AsyncIterator[None]:
+async def runner_process(settings: Settings, log: Path, **env: str) -> AsyncIterator[psutil.Process]:
     with log.open("ab") as out:
         proc = await asyncio.create_subprocess_exec(
             *service_command(
@@ -58,7 +59,7 @@ async def runner_process(settings: Settings, log: Path, **env: str) -> AsyncIter
             stderr=asyncio.subprocess.STDOUT,
         )
     try:
-        yield
+        yield psutil.Process(proc.pid)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -90,10 +91,17 @@ async def publish_dispatches(bus: Bus, settings: Settings, executor: Executor, c
     return run_ids
 
 
+def cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
+
+
 async def runs_per_second(
     settings: Settings, workdir: Path, executor: Executor, count: int, concurrency: int
-) -> tuple[float, int]:
-    """Runs/s from the runner's start (dispatches already waiting) to the last final outcome."""
+) -> tuple[float, int, float]:
+    """Runs/s from the runner's start (dispatches already waiting) to the last final outcome,
+    failures, and the runner process's CPU time per run in ms (which other load on the machine
+    changes much less than the rate)."""
     bus = await Bus.open(settings, "bench")
     done = asyncio.Event()
     finished: set[str] = set()
@@ -111,17 +119,26 @@ async def runs_per_second(
     sub = await bus.nc.subscribe(settings.names.runs_all, cb=on_run)
     try:
         await publish_dispatches(bus, settings, executor, count)
-        async with runner_process(settings, workdir / "runner.log", CRONBUS_CONCURRENCY=str(concurrency)):
+        async with runner_process(
+            settings, workdir / "runner.log", CRONBUS_CONCURRENCY=str(concurrency)
+        ) as runner:
             # Timed from the first RunStarted, so process start-up is not counted.
             first = await bus.nc.subscribe(settings.names.runs_all, max_msgs=1)
             await first.next_msg(timeout=30)
             began = time.perf_counter()
+            cpu_began = cpu_seconds(runner)
             await asyncio.wait_for(done.wait(), timeout=120)
             elapsed = time.perf_counter() - began
+            cpu = cpu_seconds(runner) - cpu_began
     finally:
         await sub.unsubscribe()
         await bus.close()
-    return (count - 1) / elapsed, failures
+    return (count - 1) / elapsed, failures, cpu * 1000 / (count - 1)
+
+
+def _load() -> str:
+    """The 1-minute load average: other work on the machine changes every rate here."""
+    return f"{os.getloadavg()[0]:.1f}"
 
 
 async def serve_http() -> tuple[asyncio.Server, str]:
@@ -223,7 +240,7 @@ async def main() -> list[Figure]:
                     logs_max_bytes=2 << 30,
                 )
 
-            shell_rate, shell_failed = await runs_per_second(
+            shell_rate, shell_failed, shell_cpu = await runs_per_second(
                 fresh(), workdir, ShellExecutor(command="true"), 1500, 8
             )
             figures.append(
@@ -233,14 +250,14 @@ async def main() -> list[Figure]:
                     "runs/s",
                     ">= 300",
                     shell_rate >= 300 and shell_failed == 0,
-                    f"{shell_failed} failed",
+                    f"{shell_failed} failed; runner CPU {shell_cpu:.2f} ms/run; load {_load()}",
                 )
             )
 
             http_server, url = await serve_http()
             try:
                 for concurrency in (8, 64):
-                    rate, failed = await runs_per_second(
+                    rate, failed, cpu = await runs_per_second(
                         fresh(), workdir, HttpExecutor(url=url), 4000, concurrency
                     )
                     figures.append(
@@ -250,7 +267,7 @@ async def main() -> list[Figure]:
                             "runs/s",
                             ">= 2000",
                             rate >= 2000 and failed == 0,
-                            f"{failed} failed",
+                            f"{failed} failed; runner CPU {cpu:.2f} ms/run; load {_load()}",
                         )
                     )
             finally:
