@@ -182,3 +182,19 @@ async def _settled(bus: Bus, settings: Settings) -> bool:
         settings.names.dispatch_stream, settings.names.runner_consumer("default")
     )
     return info.num_pending == 0 and info.num_ack_pending == 0
+
+
+async def test_a_run_longer_than_ack_wait_is_delivered_once(settings: Settings):
+    # The heartbeats keep the delivery: without them JetStream would hand the run to the next
+    # fetch after ack_wait, which would record this attempt lost and run it again.
+    settings = replace(settings, ack_wait=1.0, heartbeat=0.3)
+    bus = await Bus.open(settings, "test")
+    try:
+        async with running(settings):
+            d = await dispatch(bus.js, settings, ShellExecutor(command="sleep 3"))
+            result = await final_outcome(bus.js, settings, d.run_id)
+            assert (result.status, result.attempt) == ("succeeded", 1)
+            events = await run_events(bus.js, settings, d.run_id)
+            assert [type(e).__name__ for e in events] == ["RunStarted", "RunFinished"]
+    finally:
+        await bus.close()

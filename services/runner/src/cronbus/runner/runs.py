@@ -271,7 +271,9 @@ class RunHandler:
                 return
             except TimeoutError:
                 pass
-            for msg in list(self._deliveries.values()):
+            for key, msg in list(self._deliveries.items()):
+                if key not in self._deliveries:
+                    continue  # its run ended while earlier heartbeats went out
                 try:
                     await msg.in_progress()
                 except Exception as exc:
