@@ -108,6 +108,7 @@ ROUTE_ROLES: dict[tuple[str, str], str] = {
     ("GET", "/console/{file_path}"): PUBLIC,
     ("HEAD", "/console/{file_path}"): PUBLIC,
     ("GET", "/healthz"): PUBLIC,
+    ("GET", "/metrics"): PUBLIC,
     ("GET", "/readyz"): PUBLIC,
     ("GET", "/v1/openapi.json"): PUBLIC,
     ("GET", "/v1/docs"): PUBLIC,

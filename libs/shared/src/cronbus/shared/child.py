@@ -158,6 +158,13 @@ def _describe(code: int) -> str:
 def instances(service: str, settings: Settings, processes: int) -> list[ChildService]:
     """`processes` children of `service`, each with its own instance id (`<id>-<k>`)."""
     return [
-        ChildService(service, dataclasses.replace(settings, instance_id=f"{settings.instance_id}-{k}"))
+        ChildService(
+            service,
+            dataclasses.replace(
+                settings,
+                instance_id=f"{settings.instance_id}-{k}",
+                metrics_port=settings.metrics_port + k - 1 if settings.metrics_port else 0,
+            ),
+        )
         for k in range(1, processes + 1)
     ]

@@ -19,7 +19,7 @@ from cronbus.shared.client.commands import (
     logs_command,
     run_client,
 )
-from cronbus.shared.runtime import Service, serve
+from cronbus.shared.runtime import Service, StartupError, serve, setup_logging
 from cronbus.shared.settings import (
     Settings,
     SettingsError,
@@ -29,6 +29,8 @@ from cronbus.shared.settings import (
 )
 
 SERVICES = ("scheduler", "runner", "logs", "api")
+# The services that serve /metrics on CRONBUS_METRICS_PORT (the API has its own port).
+METRICS_SERVICES = ("scheduler", "runner", "logs")
 # What `cronbus check` reads: the streams and the history database, as the logs service does.
 CHECK_SETTINGS = frozenset(
     {"nats_url", "prefix", "database_url", "data_dir", "history_runs_per_job", "log_level"}
@@ -65,7 +67,8 @@ def create_service(name: str, settings: Settings) -> Service:
 
 
 def service_processes(name: str, settings: Settings) -> list[Service]:
-    """The service in this process or, for `runner --processes N` (N > 1), N child processes."""
+    """The service in this process or, for `runner --processes N` (N > 1), N child processes
+    (child k serves its metrics on the metrics port + k - 1)."""
     if name == "runner" and settings.processes > 1:
         from cronbus.shared.child import instances
 
@@ -126,7 +129,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "check":
             return check_main(args, settings)
         services = service_processes(args.command, settings)
-    except (SettingsError, ServiceNotInstalled) as exc:
+        if settings.metrics_port and args.command in METRICS_SERVICES and len(services) == 1:
+            from cronbus.shared.metrics import serve_metrics
+
+            setup_logging(
+                settings.log_level, settings.log_format, service=args.command, instance=settings.instance_id
+            )
+            serve_metrics(settings.metrics_host, settings.metrics_port)
+    except (SettingsError, ServiceNotInstalled, StartupError) as exc:
         print(f"cronbus: {exc}", file=sys.stderr)
         return 2
 

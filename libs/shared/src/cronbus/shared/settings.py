@@ -44,6 +44,10 @@ class Settings:
     log_level: str = "INFO"
     # "text" (lines for people) or "json" (one object per line, for log shippers)
     log_format: str = "text"
+    # Prometheus /metrics of the scheduler, runner and logs services (the API serves it on its
+    # own port): 0 is off. `up` gives each of its processes a free port.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 0
     # Stream replicas: 1 for a single server, 3 on a cluster.
     replicas: int = 1
     # Scheduler primacy: renew every lease_renew seconds; the key expires lease_ttl after the
@@ -147,6 +151,8 @@ _HELP = {
     "admin_key": "bootstrap admin API key",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
     "log_format": "text (lines for people) or json (one object per line, for log shippers)",
+    "metrics_host": "address /metrics listens on (0.0.0.0 in a container)",
+    "metrics_port": "port of /metrics for Prometheus (0: off; the API serves /metrics on its own port)",
     "replicas": "replicas of every stream and bucket: 1 for one server, 3 on a cluster",
     "lease_ttl": "scheduler lease lifetime without renewal",
     "lease_renew": "how often the leader renews its lease",
@@ -195,7 +201,7 @@ _HISTORY_DB = frozenset({"database_url", "data_dir"})
 
 # The settings each service reads beyond the common ones; `--help` lists only those.
 SERVICE_SETTINGS: dict[str, frozenset[str]] = {
-    "scheduler": _COMMON | {"lease_renew", "lease_margin"},
+    "scheduler": _COMMON | {"lease_renew", "lease_margin", "metrics_host", "metrics_port"},
     "runner": _COMMON
     | {
         "pools",
@@ -205,6 +211,8 @@ SERVICE_SETTINGS: dict[str, frozenset[str]] = {
         "ack_wait",
         "output_cap",
         "job_env_passthrough",
+        "metrics_host",
+        "metrics_port",
     },
     "logs": _COMMON
     | _HISTORY_DB
@@ -214,6 +222,8 @@ SERVICE_SETTINGS: dict[str, frozenset[str]] = {
         "history_retention_interval",
         "history_log_bytes_per_job",
         "history_log_bytes_total",
+        "metrics_host",
+        "metrics_port",
     },
     "api": _COMMON | _HISTORY_DB | {"api_host", "api_port", "admin_key"},
 }

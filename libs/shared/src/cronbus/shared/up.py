@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from cronbus.shared.listen import PortInUse, bind_listener
-from cronbus.shared.natsd import EmbeddedNats, NatsServerError
+from cronbus.shared.natsd import EmbeddedNats, NatsServerError, free_port
 from cronbus.shared.runtime import Service, ServiceFailed, run_services, setup_logging
 from cronbus.shared.settings import Settings, SettingsError, build_settings
 
@@ -42,7 +42,7 @@ def load_state(data_dir: Path) -> dict[str, str]:
     return state if isinstance(state, dict) else {}
 
 
-def write_state(data_dir: Path, state: dict[str, str]) -> Path:
+def write_state(data_dir: Path, state: dict[str, Any]) -> Path:
     """Write the state file atomically, readable by its owner only."""
     path = data_dir / STATE_FILE
     tmp = path.with_suffix(".tmp")
@@ -85,7 +85,8 @@ async def run_up(settings: Settings, stopping: asyncio.Event | None = None) -> N
         done, _ = await asyncio.wait({runner, ready}, return_when=asyncio.FIRST_COMPLETED)
         if ready in done:
             api_url: str = api.url  # type: ignore[attr-defined]
-            path = write_state(data_dir, {"api_url": api_url, "nats_url": server.url, "admin_key": admin_key})
+            state = {"api_url": api_url, "nats_url": server.url, "admin_key": admin_key}
+            path = write_state(data_dir, {**state, "metrics": metrics_urls(services, api_url)})
             print(
                 f"cronbus is up.\n  API:       {api_url}\n  Admin key: {admin_key}\n"
                 f"  NATS:      {server.url}\n  Data:      {data_dir} (details in {path})\n"
@@ -108,9 +109,27 @@ def local_services(settings: Settings) -> list[Service]:
     from cronbus.shared.child import ChildService, instances
     from cronbus.shared.cli import create_service
 
-    runners = instances("runner", replace(settings, processes=1), settings.processes)
-    logs = ChildService("logs", replace(settings, instance_id=f"{settings.instance_id}-logs"))
+    # Each child serves /metrics on a port of its own; the API's /metrics covers this process.
+    runners = [
+        ChildService("runner", replace(child.settings, metrics_port=free_port()))
+        for child in instances("runner", replace(settings, processes=1, metrics_port=0), settings.processes)
+    ]
+    logs = ChildService(
+        "logs", replace(settings, instance_id=f"{settings.instance_id}-logs", metrics_port=free_port())
+    )
     return [create_service("scheduler", settings), logs, *runners, create_service("api", settings)]
+
+
+def metrics_urls(services: Sequence[Service], api_url: str) -> dict[str, str]:
+    """Where each process of `up` serves /metrics, by service instance."""
+    from cronbus.shared.child import ChildService
+
+    urls = {"api+scheduler": f"{api_url}/metrics"}
+    for service in services:
+        if isinstance(service, ChildService) and service.settings.metrics_port:
+            host = service.settings.metrics_host
+            urls[service.settings.instance_id] = f"http://{host}:{service.settings.metrics_port}/metrics"
+    return urls
 
 
 def default_processes() -> int:

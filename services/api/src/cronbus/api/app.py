@@ -18,6 +18,7 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
+from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 from litestar.types import Message, Scope
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -43,6 +44,7 @@ from cronbus.api.runs import Runs
 from cronbus.shared.bus import Bus
 from cronbus.shared.history.store import create_engine, migrate
 from cronbus.shared.listen import bind_listener
+from cronbus.shared.metrics import register_collectors
 from cronbus.shared.runtime import until_done
 from cronbus.shared.settings import Settings
 from cronbus.shared.tracing import setup_tracing
@@ -57,6 +59,12 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+# Request durations by route template and status, at /metrics beside every metric of the process.
+_PROMETHEUS = PrometheusConfig(
+    app_name="cronbus", prefix="cronbus_api", group_path=True, exclude=["/metrics"]
+)
+
+
 def create_app(
     settings: Settings,
     *,
@@ -67,6 +75,7 @@ def create_app(
     revision_wait: float = 5.0,
 ) -> Litestar:
     """The Litestar app over an open bus and engine (the caller owns and closes both)."""
+    register_collectors()
     history = History(engine)
     journal = Journal(bus)
     jobs = Jobs(journal, history, clock=clock, revision_wait=revision_wait)
@@ -88,7 +97,9 @@ def create_app(
             ConsoleController,
             console_page,
             console_files(),
+            PrometheusController,
         ],
+        middleware=[_PROMETHEUS.middleware],
         dependencies={
             "jobs": Provide(lambda: jobs, sync_to_thread=False),
             "runs": Provide(lambda: runs, sync_to_thread=False),

@@ -31,7 +31,8 @@ DOCS_PATH = "/v1/docs"
 OPENAPI_PATH = "/v1/openapi.json"
 # The web console: its page at "/" and its files below CONSOLE_ASSETS hold no data either.
 CONSOLE_ASSETS = "/console"
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", OPENAPI_PATH, DOCS_PATH, "/"})
+# /metrics holds counts and durations only (no ids, no names), for Prometheus to scrape.
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", OPENAPI_PATH, DOCS_PATH, "/", "/metrics"})
 
 
 def is_public(path: str) -> bool:

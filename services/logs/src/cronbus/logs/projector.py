@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -32,6 +33,7 @@ from opentelemetry import trace
 
 from cronbus.logs.poison import Decoded, Rejection, describe, is_poison, read_message
 from cronbus.logs.store import HistoryWriter, Sequenced
+from cronbus.shared import metrics
 from cronbus.shared.events import (
     AnyEvent,
     decode_audit,
@@ -262,7 +264,9 @@ class Projector:
                         "cronbus.consumer": self.feed.consumer,
                     },
                 ):
+                    began = time.monotonic()
                     set_aside = await self._write(batch)
+                    metrics.PROJECTION_BATCH.labels(self.feed.stream).observe(time.monotonic() - began)
                 break
             except Exception as exc:
                 failures += 1
@@ -280,6 +284,12 @@ class Projector:
                 )  # fmt: skip
                 await _keep_in_flight(msgs)
                 await stopped_within(stopping, delay)
+        metrics.PROJECTION_EVENTS.labels(self.feed.stream).inc(len(batch) - len(set_aside))
+        metrics.PROJECTION_REJECTED.labels(self.feed.stream).inc(len(set_aside))
+        # What the stream holds beyond this batch: the projection's lag, in events.
+        pending = batch[-1][0].metadata.num_pending
+        metrics.PROJECTION_LAG.labels(self.feed.stream).set(pending)
+        metrics.CONSUMER_PENDING.labels(self.feed.stream, self.feed.consumer).set(pending)
         for msg, _ in batch:
             try:
                 if msg.metadata.sequence.stream in set_aside:

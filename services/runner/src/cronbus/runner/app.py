@@ -23,6 +23,7 @@ from cronbus.runner.overlap import RunningRecords
 from cronbus.runner.presence import Presence
 from cronbus.runner.processes import Reaper
 from cronbus.runner.runs import RunHandler
+from cronbus.shared import metrics
 from cronbus.shared.bus import Bus
 from cronbus.shared.events import HttpExecutor, MalformedEvent, RunDispatched, decode_dispatch
 from cronbus.shared.settings import Settings
@@ -186,6 +187,8 @@ class RunnerService:
                 settings.concurrency,
                 settings.http_concurrency,
             )
+            metrics.RUNNER_CAPACITY.set(settings.concurrency + settings.http_concurrency)
+            metrics.RUNS_IN_FLIGHT.set_function(lambda: len(self._runs))
             self.ready.set()
             await stopping.wait()
             await asyncio.wait(fetchers, timeout=FETCH_WAIT + 5.0)
@@ -263,6 +266,7 @@ class RunnerService:
         ever waits to start.
         """
         http_pool = False
+        consumer = self.settings.names.runner_consumer(pool)
         while not stopping.is_set():
             count = await slots.take(stopping)
             if count == 0:
@@ -307,6 +311,9 @@ class RunnerService:
                     continue
                 if not is_http:
                     http_pool = False
+                metrics.CONSUMER_PENDING.labels(self.settings.names.dispatch_stream, consumer).set(
+                    msg.metadata.num_pending
+                )
                 task = asyncio.create_task(handler.handle(msg, dispatch), name=f"run-{msg.subject}")
                 self._runs.add(task)
                 task.add_done_callback(self._runs.discard)

@@ -29,6 +29,7 @@ from cronbus.runner.executors import HttpClient, RunControl, execution_for
 from cronbus.runner.output import Chunk, Chunker, LiveOutput
 from cronbus.runner.overlap import Holder, RunningRecords
 from cronbus.runner.processes import Reaper
+from cronbus.shared import metrics
 from cronbus.shared.bus import MSG_ID
 from cronbus.shared.events import (
     Event,
@@ -517,6 +518,9 @@ class RunHandler:
             msg_id=finished_msg_id(d.run_id, attempt),
             persist=lambda: not self._handing_back,
         )
+        metrics.RUNS.labels(outcome.status, d.pool).inc()
+        metrics.RUN_DURATION.labels(d.pool).observe(duration_ms / 1000)
+        metrics.OUTPUT_BYTES.labels(d.pool).inc(chunker.total_bytes)
         # One line per run is too many for a busy runner at INFO; the history has every outcome.
         log.debug(
             "run %s of job %s attempt %d: %s%s",

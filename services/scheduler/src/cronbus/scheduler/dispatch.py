@@ -28,6 +28,7 @@ from nats.js.api import PubAck
 
 from cronbus.scheduler.domain import Due, Job, msg_id_of
 from cronbus.scheduler.lease import Term
+from cronbus.shared import metrics
 from cronbus.shared.bus import MSG_ID
 from cronbus.shared.events import RunDispatched, scheduled_run_id
 from cronbus.shared.names import Names
@@ -274,6 +275,8 @@ class Dispatcher:
         else:
             self.dispatched_total += 1
             self.last_lateness_ms = lateness_ms
+            metrics.DISPATCH_LATENESS.observe(lateness_ms / 1000)
+            metrics.SLOTS.labels("dispatched", due.trigger).inc()
         self._finish(due)
 
     def _failed(self, due: Due, job: Job, attempt: int, exc: BaseException, trace: dict[str, str]) -> None:

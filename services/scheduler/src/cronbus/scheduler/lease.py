@@ -21,6 +21,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from cronbus.scheduler.domain import Fence
+from cronbus.shared import metrics
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,9 @@ class Term:
         self.why = ""
         if self.epoch is None:
             self.end("not connected to NATS")
+        else:
+            metrics.LEASE_HELD.set(1)
+            metrics.LEASE_CHANGES.labels("began").inc()
 
     def may_publish(self, now: float) -> bool:
         """Whether a dispatch may go out at monotonic time `now`; the first False ends the term."""
@@ -141,3 +145,5 @@ class Term:
             log.warning("term of lease revision %s over: %s", self.revision, why)
             self.ended = True
             self.why = why
+            metrics.LEASE_HELD.set(0)
+            metrics.LEASE_CHANGES.labels("ended").inc()

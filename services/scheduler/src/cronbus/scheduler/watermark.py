@@ -18,6 +18,7 @@ from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from cronbus.scheduler.domain import to_datetime
+from cronbus.shared import metrics
 from cronbus.shared.status import MAX_TERMS, TERMS_KEY, LeaderTerm, LeaderTerms, decode_terms, encode_terms
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,7 @@ async def read_watermark(kv: KeyValue) -> Start | None:
 async def write_watermark(kv: KeyValue, at: float, *, leader: str, now: float, stopped: bool = False) -> None:
     value = Watermark(at=to_datetime(at), leader=leader, written=to_datetime(now), stopped=stopped)
     await kv.put(WATERMARK_KEY, msgspec.json.encode(value))
+    metrics.WATERMARK_AGE.set(max(0.0, now - at))
 
 
 async def record_term(kv: KeyValue, term: LeaderTerm) -> None:
