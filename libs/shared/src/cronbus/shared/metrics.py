@@ -56,6 +56,9 @@ RUN_DURATION = Histogram(
 )
 RUNS_IN_FLIGHT = Gauge("cronbus_runs_in_flight", "Runs this runner process is executing now.")
 RUNNER_CAPACITY = Gauge("cronbus_runner_capacity", "Runs this runner process may execute at once.")
+RUNNER_POOLS = Gauge(
+    "cronbus_runner_pool_serving", "1 for each pool this runner process takes work from.", ["pool"]
+)
 OUTPUT_BYTES = Counter("cronbus_run_output_bytes_total", "Bytes of output runs wrote, by pool.", ["pool"])
 
 # --- logs (projection) ------------------------------------------------------------------------

@@ -188,6 +188,8 @@ class RunnerService:
                 settings.http_concurrency,
             )
             metrics.RUNNER_CAPACITY.set(settings.concurrency + settings.http_concurrency)
+            for pool in settings.pools:
+                metrics.RUNNER_POOLS.labels(pool).set(1)
             metrics.RUNS_IN_FLIGHT.set_function(lambda: len(self._runs))
             self.ready.set()
             await stopping.wait()
