@@ -51,13 +51,17 @@ class Runs:
         """
         run_id = check_id("run", run_id)
         head = await self.journal.run_head(run_id)
+        projected = 0
         if head is None:
+            # The position first, then the run: a dispatch projected in between is in the
+            # history by then (the position commits with its rows), and one projected later
+            # is after the position, so the DISPATCH search below finds it either way.
+            projected = await self.history.projected_seq(Names.logs_consumer("dispatch"))
             run = await self.history.run(run_id)
             if run is not None:
                 identity = RunIdentity(run_id=run.id, job_id=run.job_id, slot=run.slot)
                 head = RunHead(identity=identity, last=None, last_seq=0)
         if head is None:
-            projected = await self.history.projected_seq(Names.logs_consumer("dispatch"))
             dispatched = await self.journal.find_dispatch(run_id, after_seq=projected)
             if dispatched is not None:
                 head = RunHead(identity=dispatched, last=None, last_seq=0)
