@@ -12,8 +12,9 @@ import sys
 
 from tests.bench.common import report
 
-SUITES = ("scheduler", "runner", "projection", "seed")
-# Suites that a bare `just bench` runs; the seed workload takes minutes, so it is asked for by name.
+SUITES = ("scheduler", "runner", "projection", "seed", "console")
+# Suites that a bare `just bench` runs; the seed workload takes minutes and the console needs
+# Chromium, so they are asked for by name.
 DEFAULT_SUITES = ("scheduler", "runner", "projection")
 
 

@@ -17,9 +17,10 @@ export async function runPage(ctx, id) {
   const head = h("div", { class: "title" });
   const facts = h("section", { class: "card", "aria-labelledby": "facts-title" });
   const attempts = h("section", { class: "card", "aria-labelledby": "attempts-title" });
-  const log = h("pre", { id: "log", class: "log", tabindex: "0", "aria-label": "Output", "aria-live": "off" });
+  const log = h("div", { id: "log", class: "log", role: "log", tabindex: "0", "aria-label": "Output", "aria-live": "off" });
   const logState = h("span", { id: "log-state", class: "muted", "aria-live": "polite" });
-  const follow = h("input", { type: "checkbox", id: "follow", checked: true });
+  // Follow the end of a live run; a finished one is read from the top.
+  const follow = h("input", { type: "checkbox", id: "follow", checked: !FINISHED.has(run.status) });
   append(ctx.root, [head, h("div", { class: "columns" }, facts, attempts),
     h("section", { "aria-labelledby": "output-title" },
       h("div", { class: "title" }, h("h2", { id: "output-title", text: "Output" }), logState,
@@ -74,26 +75,53 @@ export async function runPage(ctx, id) {
     }
   }
 
-  // Output arrives in many small events: they are batched into one DOM write per frame.
+  // Output arrives in many small events. They are written once per frame, at most FRAME_BYTES
+  // a frame so the first screen of a long replay shows at once, into blocks of about
+  // BLOCK_BYTES (a new block starts only after a newline) so that layout stays incremental.
+  const FRAME_BYTES = 256 * 1024;
+  const BLOCK_BYTES = 64 * 1024;
   let pending = [];
   let scheduled = false;
   let attemptShown = null;
+  let block = null;
+  let blockBytes = 0;
+  let endsLine = true;
+  function put(node, length) {
+    if (!block || (blockBytes >= BLOCK_BYTES && endsLine)) {
+      block = h("div", { class: "log-block" });
+      log.append(block);
+      blockBytes = 0;
+    }
+    block.append(node);
+    blockBytes += length;
+  }
   function flush() {
     scheduled = false;
-    const fragment = document.createDocumentFragment();
-    for (const { event, data, id: eventId } of pending) {
+    let budget = FRAME_BYTES;
+    let taken = 0;
+    while (taken < pending.length && budget > 0) {
+      const { event, data, id: eventId } = pending[taken];
+      taken += 1;
       const attempt = eventId ? eventId.split(":")[0] : null;
       if (attempt && attempt !== attemptShown) {
-        if (attemptShown !== null) fragment.append(h("span", { class: "o-attempt", text: `\n— attempt ${attempt} —\n` }));
+        if (attemptShown !== null) put(h("span", { class: "o-attempt", text: `\n— attempt ${attempt} —\n` }), 0);
         attemptShown = attempt;
       }
       const kind = event === "stderr" ? "o-stderr" : event === "system" ? "o-system" : "o-stdout";
-      const span = h("span", { class: event === "system" && data.includes(TRUNCATED) ? `${kind} o-truncated` : kind, text: data });
-      fragment.append(span);
+      const marker = event === "system" && data.includes(TRUNCATED);
+      put(h("span", { class: marker ? `${kind} o-truncated` : kind, text: data }), data.length);
+      endsLine = data.endsWith("\n");
+      budget -= data.length;
     }
-    pending = [];
-    log.append(fragment);
+    pending = pending.slice(taken);
     if (follow.checked) log.scrollTop = log.scrollHeight;
+    if (pending.length) later();
+  }
+  function later() {
+    if (!scheduled) {
+      scheduled = true;
+      requestAnimationFrame(flush);
+    }
   }
 
   async function stream() {
@@ -102,12 +130,9 @@ export async function runPage(ctx, id) {
     await readEvents(response, (event) => {
       if (event.event === "end") return;
       pending.push(event);
-      if (!scheduled) {
-        scheduled = true;
-        requestAnimationFrame(flush);
-      }
+      later();
     });
-    if (!scheduled) flush();
+    while (pending.length && !ctx.signal.aborted) await new Promise((resolve) => requestAnimationFrame(resolve));
     logState.textContent = "ended";
   }
 

@@ -13,7 +13,14 @@ export async function readEvents(response, onEvent) {
     event = "message";
     data = [];
   };
+  // A replay arrives faster than it can be shown: reads that are already buffered resolve as
+  // microtasks, so yield a task now and then to let the page paint what it has.
+  let yielded = performance.now();
   for (;;) {
+    if (performance.now() - yielded > 25) {
+      await new Promise((resolve) => setTimeout(resolve, 0));
+      yielded = performance.now();
+    }
     const { value, done } = await reader.read();
     if (done) break;
     buffer += value;
