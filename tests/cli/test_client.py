@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -237,3 +238,31 @@ def test_a_viewer_key_from_the_cli_reads_but_cannot_change(stack: Stack) -> None
         return [i for i in items if key["id"] in json.dumps(i)] or None
 
     assert wait_for_sync(audited, timeout=30, what="the revocation in the audit log")
+
+
+def test_backfill_last_minutes_once_then_ask_why_with_slots(stack: Stack) -> None:
+    name = unique("nightly")
+    created = stack.cli("jobs", "create", "--name", name, "--schedule", "* * * * *", "--command", "true")
+    assert created.returncode == 0, created.stderr
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    start, end = (now - timedelta(minutes=5)).isoformat(), now.isoformat()
+
+    first = stack.cli("jobs", "backfill", name, "--from", start, "--to", end, "--json")
+    assert first.returncode == 0, first.stderr
+    answer = json.loads(first.stdout)
+    assert answer["slots"] == 5 and len(answer["dispatched"]) == 5 and answer["already"] == []
+    again = stack.cli("jobs", "backfill", name, "--from", start, "--to", end)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip() == "5 slots: 0 dispatched now, 5 dispatched before"
+
+    table = stack.cli("jobs", "slots", name, "--from", start, "--to", end)
+    assert table.returncode == 0, table.stderr
+    rows = [line for line in table.stdout.splitlines() if "dispatched" in line]
+    assert "OUTCOME" in table.stdout and len(rows) == 5, table.stdout
+    assert {d["run_id"] for d in answer["dispatched"]} == {
+        word for line in rows for word in line.split() if word.count("-") == 4
+    }
+
+    reversed_range = stack.cli("jobs", "backfill", name, "--from", end, "--to", start)
+    assert reversed_range.returncode == 1
+    assert "422" in reversed_range.stderr and "to" in reversed_range.stderr

@@ -355,8 +355,13 @@ class JobController(Controller):
         self,
         job_id: JobId,
         jobs: NamedDependency[Jobs],
-        from_: Annotated[datetime, QueryParameter(name="from", description="first instant (ISO-8601)")],
-        to: Annotated[datetime, QueryParameter(description="end of the range, excluded (ISO-8601)")],
+        from_: Annotated[
+            datetime | None,
+            QueryParameter(name="from", description="first instant (ISO-8601; default: a day before `to`)"),
+        ] = None,
+        to: Annotated[
+            datetime | None, QueryParameter(description="end of the range, excluded (ISO-8601; default: now)")
+        ] = None,
     ) -> SlotList:
         return await jobs.slots(job_id, from_, to)
 

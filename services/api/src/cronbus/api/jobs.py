@@ -6,7 +6,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import msgspec
 
@@ -450,10 +450,13 @@ class Jobs:
         in_history = await self.history.runs_by_id(job_id, run_ids)
         return on_stream | set(in_history)
 
-    async def slots(self, job_id: str, start: datetime, end: datetime) -> SlotList:
-        """Every slot of the job's schedule in [start, end) and what became of it, from what
-        was recorded: its runs (history and DISPATCH), its events, the schedulers' terms."""
+    async def slots(self, job_id: str, start: datetime | None, end: datetime | None) -> SlotList:
+        """Every slot of the job's schedule in [start, end) (default: the day before now) and what
+        became of it, from what was recorded: its runs (history and DISPATCH), its events, the
+        schedulers' terms."""
         job_id = check_id("job", job_id)
+        end = end or self.clock()
+        start = start or end - timedelta(days=1)
         events = await self.timeline.job_events(job_id)
         state: JobState | None = None
         for event in events:

@@ -323,7 +323,13 @@ def _jobs(api: Api, args: argparse.Namespace) -> int:
         _print(args, _edit(api, args, job), JOB_COLUMNS)
     elif action == "backfill":
         answer = api.json("POST", f"{path}/backfill", json={"from": args.start, "to": args.end})
-        _print(args, answer)
+        if args.json:
+            render.as_json(answer)
+        else:
+            print(
+                f"{answer['slots']} slots: {len(answer['dispatched'])} dispatched now, "
+                f"{len(answer['already'])} dispatched before"
+            )
     elif action == "slots":
         params = {"from": args.start, "to": args.end}
         answer = api.json("GET", f"{path}/slots", params={k: v for k, v in params.items() if v})
