@@ -59,6 +59,12 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+class MetricsController(PrometheusController):
+    """`/metrics` for Prometheus: public, and not part of the API's description."""
+
+    include_in_schema = False
+
+
 # Request durations by route template and status, at /metrics beside every metric of the process.
 _PROMETHEUS = PrometheusConfig(
     app_name="cronbus", prefix="cronbus_api", group_path=True, exclude=["/metrics"]
@@ -97,7 +103,7 @@ def create_app(
             ConsoleController,
             console_page,
             console_files(),
-            PrometheusController,
+            MetricsController,
         ],
         middleware=[_PROMETHEUS.middleware],
         dependencies={

@@ -26,6 +26,7 @@ from cronbus.runner.runs import RunHandler
 from cronbus.shared import metrics
 from cronbus.shared.bus import Bus
 from cronbus.shared.events import HttpExecutor, MalformedEvent, RunDispatched, decode_dispatch
+from cronbus.shared.runtime import brief
 from cronbus.shared.settings import Settings
 from cronbus.shared.tracing import setup_tracing
 
@@ -281,7 +282,8 @@ class RunnerService:
                 pass
             except Exception as exc:
                 # NATS restarting, or the consumer briefly unavailable: keep trying.
-                log.warning("fetching from pool %s failed: %s", pool, exc)
+                # Some nats-py errors have no message: name the type.
+                log.warning("fetching from pool %s failed: %s", pool, brief(exc))
                 slots.give(count)
                 http_slots.give(extra)
                 try:
