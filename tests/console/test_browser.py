@@ -184,6 +184,8 @@ async def test_every_page_renders_without_errors_at_desktop_and_phone_width(
         for name, (path, heading) in pages.items():
             await page.goto(stack.api_url + path)
             await expect(page.get_by_role("heading", level=1).first).to_contain_text(heading)
+            if name == "schedule":
+                await expect(page.locator(f"tr[data-job='{job['id']}']")).to_be_visible()
             if name == "cluster":
                 await expect(page.locator("#leader")).not_to_be_empty()
             if name == "run-page":
