@@ -88,7 +88,8 @@ async def run_up(settings: Settings, stopping: asyncio.Event | None = None) -> N
             state = {"api_url": api_url, "nats_url": server.url, "admin_key": admin_key}
             path = write_state(data_dir, {**state, "metrics": metrics_urls(services, api_url)})
             print(
-                f"cronbus is up.\n  API:       {api_url}\n  Admin key: {admin_key}\n"
+                f"cronbus is up.\n  Console:   {api_url}/ (sign in with the admin key)\n"
+                f"  API:       {api_url}\n  Admin key: {admin_key}\n"
                 f"  NATS:      {server.url}\n  Data:      {data_dir} (details in {path})\n"
                 "Press Ctrl-C to stop.",
                 flush=True,
