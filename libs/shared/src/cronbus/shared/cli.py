@@ -52,6 +52,18 @@ def check_main(args: argparse.Namespace, settings: Settings) -> int:
     return run_check(args, settings)
 
 
+def health_main(args: argparse.Namespace, settings: Settings) -> int:
+    """`cronbus health --service NAME`: 0 when ready, 1 when not (see cronbus.shared.health)."""
+    from cronbus.shared.health import Unhealthy, check
+
+    try:
+        print(check(args.service, settings, timeout=args.timeout))
+    except (Unhealthy, TimeoutError) as exc:
+        print(f"cronbus health: {args.service} is not ready: {str(exc) or 'timed out'}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def create_service(name: str, settings: Settings) -> Service:
     """The service `name`, from its package `cronbus.<name>.app` (not imported until now)."""
     try:
@@ -110,6 +122,16 @@ def parser() -> argparse.ArgumentParser:
     check.add_argument("--json", action="store_true", help="print the report as JSON")
     check.add_argument("--repair", action="store_true", help="rewrite differing rows from the streams")
     add_settings_arguments(check, only=CHECK_SETTINGS)
+    health = sub.add_parser(
+        "health",
+        help="exit 0 when a scheduler, runner or logs service is ready (for healthchecks and probes)",
+        description="Readiness of one service, checked through NATS: scheduler, a lease is held; "
+        "runner, this instance's presence (CRONBUS_INSTANCE_ID) is there; logs, its consumers "
+        "exist. Exit 0 when ready, 1 when not (the reason on stderr). The API has /readyz.",
+    )
+    health.add_argument("--service", required=True, choices=("scheduler", "runner", "logs"))
+    health.add_argument("--timeout", type=float, default=3.0, help="seconds for each NATS request")
+    add_settings_arguments(health, only=("nats_url", "prefix", "instance_id"))
     add_client_commands(sub)
     return top
 
@@ -128,6 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = build_settings(args)
         if args.command == "check":
             return check_main(args, settings)
+        if args.command == "health":
+            return health_main(args, settings)
         services = service_processes(args.command, settings)
         if settings.metrics_port and args.command in METRICS_SERVICES and len(services) == 1:
             from cronbus.shared.metrics import serve_metrics
