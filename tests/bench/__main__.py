@@ -12,7 +12,7 @@ import sys
 
 from tests.bench.common import report
 
-SUITES = ("scheduler", "runner", "projection", "seed", "console")
+SUITES = ("scheduler", "runner", "projection", "seed", "endtoend", "console")
 # Suites that a bare `just bench` runs; the seed workload takes minutes and the console needs
 # Chromium, so they are asked for by name.
 DEFAULT_SUITES = ("scheduler", "runner", "projection")
