@@ -78,7 +78,9 @@ def feeds(names: Names) -> list[Feed]:
 class Pacing:
     """Batch size, waits and the bounded backoff a projector uses."""
 
-    batch: int = 256
+    # Each batch costs a transaction, a position read and write and a pull request whatever
+    # its size; at 1024 those are a small share of the work even for runs of one line.
+    batch: int = 1024
     fetch_timeout: float = 1.0
     # Redelivery is only a safety net (the projector re-binds from its position), so the
     # wait is long enough that a slow transaction is never delivered twice meanwhile.

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
-from sqlalchemy import ColumnElement, Insert, Table, case, func, literal, select, update
+from sqlalchemy import ColumnElement, Insert, Table, bindparam, case, func, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -102,6 +102,7 @@ class HistoryWriter:
         self._sizes_upsert = sizes.on_conflict_do_update(
             index_elements=["run_id"], set_={"bytes": output_sizes.c.bytes + sizes.excluded.bytes}
         )
+        self._position_upsert = self._position_statement()
 
     @contextlib.asynccontextmanager
     async def writing(self) -> AsyncIterator[AsyncConnection]:
@@ -289,27 +290,34 @@ class HistoryWriter:
             set_[name] = case((started, current[name]), else_=new[name])
         return stmt.on_conflict_do_update(index_elements=["run_id", "attempt"], set_=set_)
 
-    async def _save_position(self, conn: AsyncConnection, consumer: str, seq: int) -> None:
-        stmt = self.insert(projector_positions).values(consumer=consumer, stream_seq=seq, updated_at=utcnow())
+    def _position_statement(self) -> Insert:
+        """Moves a consumer's position forward, never back; built once, run once per batch."""
+        stmt = self.insert(projector_positions)
         new = stmt.excluded
+        return stmt.on_conflict_do_update(
+            index_elements=["consumer"],
+            set_={
+                "stream_seq": case(
+                    (new.stream_seq > projector_positions.c.stream_seq, new.stream_seq),
+                    else_=projector_positions.c.stream_seq,
+                ),
+                "updated_at": new.updated_at,
+            },
+        )
+
+    async def _save_position(self, conn: AsyncConnection, consumer: str, seq: int) -> None:
         await conn.execute(
-            stmt.on_conflict_do_update(
-                index_elements=["consumer"],
-                set_={
-                    "stream_seq": case(
-                        (new.stream_seq > projector_positions.c.stream_seq, new.stream_seq),
-                        else_=projector_positions.c.stream_seq,
-                    ),
-                    "updated_at": new.updated_at,
-                },
-            )
+            self._position_upsert, {"consumer": consumer, "stream_seq": seq, "updated_at": utcnow()}
         )
 
 
+_POSITION = select(projector_positions.c.stream_seq).where(
+    projector_positions.c.consumer == bindparam("consumer")
+)
+
+
 async def _position(conn: AsyncConnection, consumer: str) -> int:
-    seq = await conn.scalar(
-        select(projector_positions.c.stream_seq).where(projector_positions.c.consumer == consumer)
-    )
+    seq = await conn.scalar(_POSITION, {"consumer": consumer})
     return int(seq or 0)
 
 
