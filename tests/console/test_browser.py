@@ -195,3 +195,29 @@ async def test_every_page_renders_without_errors_at_desktop_and_phone_width(
             await browser.shot(f"{name}-{width}")
             overflow = await page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
             assert overflow <= 1, f"{name} is {overflow}px wider than a {width}px screen"
+
+
+async def test_a_save_over_a_newer_revision_is_explained_and_keeps_the_edits(
+    stack: Stack, browser: Browser
+) -> None:
+    from playwright.async_api import expect
+
+    job = make_job(stack, f"shared-{uuid.uuid4().hex[:6]}", "echo v1")
+    page = browser.page
+    await sign_in(browser, stack.admin_key)
+    await page.goto(f"{stack.api_url}/#/jobs/{job['id']}/edit")
+    await page.get_by_label("Description").fill("mine")
+    with stack.client() as client:  # someone else saves first
+        theirs = client.patch(f"/v1/jobs/{job['id']}", json={"description": "theirs"})
+        assert theirs.status_code == 200, theirs.text
+    await page.get_by_role("button", name="Save").click()
+    await expect(page.locator(".form-error")).to_contain_text("someone changed this job while you edited it")
+    browser.expect_http_error(409, f"/v1/jobs/{job['id']}")
+    await expect(page.get_by_label("Description")).to_have_value("mine")
+    await browser.shot("editor-conflict")
+    await page.get_by_role("button", name="Save mine over theirs").click()
+    await expect(page.get_by_role("heading", name="Definition")).to_be_visible()
+    await expect(page.locator("dd", has_text="mine")).to_be_visible()
+    with stack.client() as client:
+        saved = client.get(f"/v1/jobs/{job['id']}", params={"revision": 3}).json()
+        assert (saved["revision"], saved["description"]) == (3, "mine")
