@@ -37,6 +37,10 @@ fmt: sync
 bench *WHICH: sync
     uv run --no-sync python -m tests.bench {{WHICH}}
 
+# container images, one per service, built with buildah and smoke-tested: `just images [api ...]`
+images *SERVICES: sync
+    deploy/build-images {{SERVICES}}
+
 # refresh the lockfile after changing dependencies
 lock:
     uv lock

