@@ -73,17 +73,19 @@ class JobFilter:
 
 # The newest run of the job in the row, and the newest one that ran to an outcome (a correlated
 # subquery each, on the runs (job_id, slot) index: a few index rows per job).
+# Ordered by slot alone, so the index answers it by reading backwards from the job's newest slot
+# (a tie-breaker outside the index would sort all of a job's runs).
 _LAST_RUN_ID = (
     select(runs.c.id)
     .where(runs.c.job_id == jobs.c.id)
-    .order_by(runs.c.slot.desc(), runs.c.id.desc())
+    .order_by(runs.c.slot.desc())
     .limit(1)
     .scalar_subquery()
 )
 _LAST_OUTCOME = (
     select(runs.c.status)
     .where(runs.c.job_id == jobs.c.id, runs.c.status.in_(RAN_OUTCOMES))
-    .order_by(runs.c.slot.desc(), runs.c.id.desc())
+    .order_by(runs.c.slot.desc())
     .limit(1)
     .scalar_subquery()
 )
@@ -108,7 +110,7 @@ def state_of(now: datetime) -> ColumnElement[str]:
             ),
             "finished",
         ),
-        (and_(_LAST_OUTCOME.is_not(None), _LAST_OUTCOME != "succeeded"), "failing"),
+        (func.coalesce(_LAST_OUTCOME, "succeeded") != "succeeded", "failing"),
         else_="scheduled",
     )
 
@@ -184,14 +186,14 @@ class History:
         last_id = (
             select(runs.c.id)
             .where(runs.c.job_id == job_id)
-            .order_by(runs.c.slot.desc(), runs.c.id.desc())
+            .order_by(runs.c.slot.desc())
             .limit(1)
             .scalar_subquery()
         )
         outcome = (
             select(runs.c.status)
             .where(runs.c.job_id == job_id, runs.c.status.in_(RAN_OUTCOMES))
-            .order_by(runs.c.slot.desc(), runs.c.id.desc())
+            .order_by(runs.c.slot.desc())
             .limit(1)
             .scalar_subquery()
         )

@@ -64,6 +64,8 @@ jobs = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     Index(None, "name"),
+    # GET /v1/jobs pages in creation order (migration 0005).
+    Index(None, "created_at", "id"),
 )
 
 runs = Table(
