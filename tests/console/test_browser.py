@@ -108,6 +108,10 @@ async def test_create_a_job_see_it_run_follow_its_live_log_pause_and_resume(
     await browser.shot("job")
     await page.get_by_role("button", name="Resume").click()
     await expect(page.locator("h1 .state")).not_to_have_text("paused")
+    # Why didn't it run? The slots of the last hour, the dispatched ones with their runs.
+    await page.get_by_role("button", name="Show slots").click()
+    await expect(page.locator(".o-dispatched").first).to_be_visible()
+    await browser.shot("job-slots")
     with stack.client() as client:
         wait_for_sync(
             lambda: not client.get(f"/v1/jobs/{job['id']}").json()["paused"], timeout=10, what="resumed"

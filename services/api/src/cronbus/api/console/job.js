@@ -1,7 +1,7 @@
 // A job: its definition, next fires, run history with charts, and the actions its role allows.
 
-import { api, withQuery } from "./api.js";
-import { may } from "./app.js";
+import { ApiError, api, withQuery } from "./api.js";
+import { may, me } from "./app.js";
 import { barChart, rateRing } from "./chart.js";
 import { ago, append, browserZone, bytes, clear, confirmDialog, h, ms, say, statusBadge, when } from "./dom.js";
 
@@ -22,7 +22,62 @@ export async function jobPage(ctx, id) {
       h("h2", { id: "runs-title", text: "Runs" }),
       h("div", { class: "scroll" }, h("table", {},
         h("thead", {}, h("tr", {}, ["Run", "Status", "Slot", "Trigger", "Lateness", "Duration", "Runner", "Attempts"].map((t) => h("th", { scope: "col", text: t })))),
-        runsBody)), pager)]);
+        runsBody)), pager),
+    me.features.slots ? slotsSection() : null]);
+
+  // "Why didn't it run?": every slot of a range and what became of it; backfill for operators.
+  function slotsSection() {
+    const now = new Date();
+    const iso = (d) => d.toISOString().replace(/\.\d{3}Z$/, "Z");
+    const since = Math.max(now - 3600e3, new Date(job.created_at).getTime());
+    const from = h("input", { id: "slots-from", value: iso(new Date(since)) });
+    const to = h("input", { id: "slots-to", value: iso(now) });
+    const out = h("div", { "aria-live": "polite" });
+    const range = () => ({ from: from.value.trim(), to: to.value.trim() });
+    const form = h("form", { class: "filters", "aria-label": "Slots in a range" },
+      h("div", { class: "field" }, h("label", { for: "slots-from", text: "From" }), from),
+      h("div", { class: "field" }, h("label", { for: "slots-to", text: "To (excluded)" }), to),
+      h("button", { type: "submit", text: "Show slots" }),
+      may("operator") && me.features.backfill
+        ? h("button", { type: "button", class: "danger", text: "Backfill this range", onclick: backfill })
+        : null);
+    form.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      try {
+        const answer = await api("GET", withQuery(`/v1/jobs/${id}/slots`, range()));
+        const counts = {};
+        for (const slot of answer.items) counts[slot.outcome] = (counts[slot.outcome] || 0) + 1;
+        clear(out).append(answer.items.length
+          ? h("div", { class: "scroll" }, h("p", { text: Object.entries(counts).map(([k, n]) => `${n} ${k}`).join(", ") }), h("table", {},
+            h("thead", {}, h("tr", {}, ["Slot", "Outcome", "Run", "Why"].map((t) => h("th", { scope: "col", text: t })))),
+            h("tbody", {}, answer.items.map((slot) => h("tr", {},
+              h("td", { text: when(slot.slot, job.timezone) }),
+              h("td", {}, h("span", { class: `badge o-${slot.outcome}`, text: slot.outcome })),
+              h("td", {}, slot.run_id ? [h("a", { href: `#/runs/${slot.run_id}`, text: slot.run_id.slice(0, 8) }), " ", statusBadge(slot.status)] : "—"),
+              h("td", { text: slot.reason || (slot.gap ? `no scheduler was leading from ${when(slot.gap.from)} to ${slot.gap.to ? when(slot.gap.to) : "now"}` : "") }))))))
+          : h("p", { class: "muted", text: "The schedule has no slot in this range." }));
+      } catch (exc) {
+        clear(out).append(h("p", { class: "field-error", role: "alert", text: problemText(exc) }));
+      }
+    });
+    async function backfill() {
+      const { from: f, to: t } = range();
+      if (!(await confirmDialog(`Run every slot of ${job.name} from ${f} to ${t} that has not run yet?`, "Backfill"))) return;
+      try {
+        const answer = await api("POST", `/v1/jobs/${id}/backfill`, { body: range() });
+        say(`${answer.slots} slots: ${answer.dispatched.length} dispatched now, ${answer.already.length} had run already.`);
+        form.requestSubmit();
+      } catch (exc) {
+        clear(out).append(h("p", { class: "field-error", role: "alert", text: problemText(exc) }));
+      }
+    }
+    return h("section", { "aria-labelledby": "slots-title" },
+      h("h2", { id: "slots-title", text: "Why didn't it run? Slots in a range" }), form, out);
+  }
+
+  function problemText(exc) {
+    return exc instanceof ApiError && exc.fields.length ? exc.fields.map((f) => `${f.field}: ${f.reason}`).join("; ") : exc.message;
+  }
 
   function drawHead() {
     clear(head).append(
