@@ -24,6 +24,7 @@ import urllib.request
 import uuid
 
 import asyncpg
+import psutil
 
 from cronbus.shared.natsd import find_nats_server, free_port
 
@@ -63,6 +64,27 @@ def wait_ready(url: str, api: subprocess.Popen[bytes]) -> tuple[int, str]:
             last = str(exc)
         time.sleep(0.5)  # polling an HTTP endpoint from outside: nothing to wait on instead
     raise SystemExit(f"smoke-api: /readyz did not answer 200 within {READY_WITHIN:.0f} s (last: {last})")
+
+
+def stop(api: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to `cronbus api` inside the container alone, as a container runtime sends it; the
+    API stops gracefully and buildah exits with its status (0)."""
+    inner = [
+        p
+        for p in psutil.Process(api.pid).children(recursive=True)
+        if not p.cmdline()[0].startswith("buildah") and p.cmdline()[-1:] == ["api"]
+    ]
+    for proc in inner or [psutil.Process(api.pid)]:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        code = api.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(api.pid, signal.SIGKILL)
+        api.wait(timeout=10)
+        raise SystemExit("smoke-api: the api did not stop within 30 s of SIGTERM") from None
+    if code != 0:
+        raise SystemExit(f"smoke-api: the api exited with {code} on SIGTERM")
+    log("the api stopped on SIGTERM with status 0")
 
 
 def main(api_image: str, runner_image: str | None) -> int:
@@ -115,12 +137,7 @@ def main(api_image: str, runner_image: str | None) -> int:
             return 0
         finally:
             if api is not None and api.poll() is None:
-                os.killpg(api.pid, signal.SIGTERM)
-                try:
-                    api.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(api.pid, signal.SIGKILL)
-                    api.wait(timeout=10)
+                stop(api)
             for ctr in containers:
                 subprocess.run([*BUILDAH, "rm", ctr], capture_output=True)
             nats.terminate()
