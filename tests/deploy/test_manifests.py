@@ -286,3 +286,15 @@ def test_k8s_nats_comes_from_the_official_chart() -> None:
     assert "StatefulSet" not in {o["kind"] for o in k8s_objects()}
     config = next(o for o in k8s_objects() if o["kind"] == "ConfigMap")
     assert config["data"]["CRONBUS_NATS_URL"] == "nats://nats.cronbus.svc:4222"
+
+
+def test_k8s_kustomization_renders() -> None:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed: kubectl kustomize deploy/k8s not run")
+    result = subprocess.run(
+        [kubectl, "kustomize", str(DEPLOY / "k8s")], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    rendered = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    assert len(rendered) == len(k8s_objects())
