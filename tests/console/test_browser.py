@@ -39,8 +39,10 @@ async def test_sign_in_with_a_wrong_then_a_right_key_and_sign_out(stack: Stack, 
     await expect(page.locator("#key-error")).to_have_text("This key is unknown, expired or revoked.")
     browser.expect_http_error(401, "/v1/whoami")
     await browser.shot("sign-in")
-    await page.get_by_label("API key").fill(stack.admin_key)
-    await page.get_by_role("button", name="Sign in").click()
+    # From the keyboard alone: the key field has the focus, Enter signs in.
+    await page.get_by_label("API key").fill("")
+    await page.keyboard.type(stack.admin_key)
+    await page.keyboard.press("Enter")
     await expect(page.locator("#who-name")).to_have_text("admin · admin")
     await expect(page.get_by_role("heading", name="Schedule")).to_be_visible()
     # The key is in this tab's session storage only: not in the URL, not in a cookie.
@@ -199,6 +201,14 @@ async def test_every_page_renders_without_errors_at_desktop_and_phone_width(
             await browser.shot(f"{name}-{width}")
             overflow = await page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
             assert overflow <= 1, f"{name} is {overflow}px wider than a {width}px screen"
+    # Dark mode follows the system's preference.
+    await page.emulate_media(color_scheme="dark")
+    await page.set_viewport_size({"width": 1280, "height": 900})
+    await page.goto(f"{stack.api_url}/#/runs/{run['id']}")
+    await expect(page.locator("#log")).to_contain_text("backing up")
+    background = await page.evaluate("getComputedStyle(document.body).backgroundColor")
+    assert background == "rgb(18, 20, 24)", background
+    await browser.shot("run-page-dark")
 
 
 async def test_a_save_over_a_newer_revision_is_explained_and_keeps_the_edits(
