@@ -11,9 +11,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
-from cronbus.shared.events import scheduled_run, slot_ms
+from cronbus.api.domain import Interval, SlotFacts, explain_slot
+from cronbus.api.schemas import LeaderGap
+from cronbus.shared.events import Catchup, JobSpec, ShellExecutor, scheduled_run, slot_ms
 from cronbus.shared.settings import Settings
 from tests.api.conftest import Api
 from tests.api.test_jobs import BACKUP, create
@@ -22,8 +25,6 @@ from tests.runner.support import running
 from tests.scheduler.replicas import Replicas
 from tests.scheduler.support import read_dispatches
 from tests.support import wait_for
-
-pytestmark = pytest.mark.slow
 
 EVERY_SECOND = {**BACKUP, "schedule": "* * * * * *", "timezone": "UTC", "overlap": "allow"}
 
@@ -94,6 +95,7 @@ def outcomes(items: list[dict[str, Any]]) -> Counter[str]:
     return Counter(i["outcome"] for i in items)
 
 
+@pytest.mark.slow
 async def test_a_paused_job_shows_its_slots_skipped_paused_and_future_slots_pending(
     api: Api, tmp_path: Path
 ) -> None:
@@ -134,6 +136,7 @@ async def test_a_paused_job_shows_its_slots_skipped_paused_and_future_slots_pend
     assert outcomes(items)["skipped"] >= 2
 
 
+@pytest.mark.slow
 async def test_a_leader_gap_shows_missed_slots_and_catch_up_skips(api: Api, tmp_path: Path) -> None:
     """The only scheduler stops for a while. The job that catches up nothing (`skip`) shows
     the slots of the gap skipped by its catch-up policy; the one that catches up only the last
@@ -197,6 +200,7 @@ async def test_a_leader_gap_shows_missed_slots_and_catch_up_skips(api: Api, tmp_
     assert all(i["reason"].startswith("catch-up policy 'skip'") for i in not_run), not_run
 
 
+@pytest.mark.slow
 async def test_an_overlap_skip_shows_the_slot_skipped_with_the_runners_reason(
     api: Api, tmp_path: Path
 ) -> None:
@@ -252,3 +256,55 @@ async def test_slots_of_a_bad_range_or_unknown_job_are_refused(api: Api) -> None
         headers=api.auth(),
     )
     assert unknown.status_code == 404
+
+
+# --- the rule alone (pure) ------------------------------------------------------------------------
+
+T = datetime(2026, 11, 30, 0, 0, tzinfo=UTC)
+
+
+def explain(at: datetime, facts: SlotFacts, **spec_fields: Any) -> dict[str, Any]:
+    spec = JobSpec(name="n", schedule="* * * * *", executor=ShellExecutor(command="true"), **spec_fields)
+    out: dict[str, Any] = msgspec.to_builtins(
+        explain_slot(at, spec, facts, T + timedelta(hours=2), settle=60)
+    )
+    out.pop("slot")
+    return out
+
+
+def test_each_outcome_follows_from_the_facts() -> None:
+    gap = LeaderGap(from_=T + timedelta(minutes=10), to=T + timedelta(minutes=40))
+    open_gap = LeaderGap(from_=T + timedelta(minutes=90), to=None)
+    overlap = "overlap policy 'skip': run r1 of this job is still running"
+    facts = SlotFacts(
+        runs={
+            T + timedelta(minutes=1): ("r1", "succeeded", None),
+            T + timedelta(minutes=2): ("r2", "skipped", overlap),
+        },
+        created_at=T,
+        paused=[Interval(T + timedelta(minutes=3), T + timedelta(minutes=5))],
+        deleted_at=None,
+        gaps=[gap, open_gap],
+    )
+    m = timedelta(minutes=1)
+    assert explain(T + m, facts) == {"outcome": "dispatched", "run_id": "r1", "status": "succeeded"}
+    assert explain(T + 2 * m, facts)["reason"].startswith("overlap policy 'skip'")
+    assert explain(T + 4 * m, facts) == {"outcome": "skipped", "reason": "paused"}
+    assert explain(T - m, facts) == {"outcome": "skipped", "reason": "before the job was created"}
+    assert explain(T + 6 * m, facts, end_at=T + 5 * m) == {
+        "outcome": "skipped",
+        "reason": "outside start/end",
+    }
+    # In the gap: older than the catch-up window (10 minutes) when it ended -> missed.
+    window = {"catchup": msgspec.convert({"policy": "skip", "window": 600.0}, type=Catchup)}
+    assert explain(T + 20 * m, facts, **window)["outcome"] == "missed"
+    late = explain(T + 35 * m, facts, **window)
+    assert late["outcome"] == "skipped" and late["reason"].startswith("catch-up policy 'skip'")
+    assert explain(T + 100 * m, facts)["gap"] == {"from": "2026-11-30T01:30:00Z", "to": None}
+    assert explain(T + 50 * m, facts) == {
+        "outcome": "pending",
+        "reason": "no dispatch or decision recorded yet",
+    }
+    assert explain(T + 3 * 60 * m, facts) == {"outcome": "pending"}
+    deleted = SlotFacts(runs={}, created_at=T, deleted_at=T + 30 * m)
+    assert explain(T + 31 * m, deleted) == {"outcome": "skipped", "reason": "deleted"}
