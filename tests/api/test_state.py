@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
 from tests.api.conftest import Api
 from tests.api.test_jobs import BACKUP, create
@@ -109,6 +110,9 @@ async def test_list_filters_on_state_label_pool_and_name(api: Api) -> None:
     assert await names(api, "q=%25") == []  # a literal %, not a wildcard
     assert await names(api, "q=o&state=scheduled&pool=batch") == ["ok"]
     assert len(await names(api, "")) == 6
+    # Label keys that a JSON path would read as syntax match nothing, harmlessly.
+    for odd in ('a"b', "a.b", "$", "a[0]", "'"):
+        assert await names(api, f"label={quote(odd)}") == []
 
 
 async def test_bad_filters_are_422_naming_the_parameter(api: Api) -> None:
