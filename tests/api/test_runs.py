@@ -19,7 +19,6 @@ from cronbus.shared.events import (
     RunDispatched,
     RunFinished,
     RunStarted,
-    backfill_run,
     decode_dispatch,
     encode,
     manual_run,
@@ -355,7 +354,6 @@ async def test_a_manual_run_in_a_scheduled_slots_millisecond_is_dispatched_too(l
         scheduled,
         manual_run(job["id"], None),
         manual_run(job["id"], "k"),
-        backfill_run(job["id"], slot_ms(slot)),
     ]
     assert len({i.run_id for i in ids}) == len({i.msg_id for i in ids}) == len(ids)
 

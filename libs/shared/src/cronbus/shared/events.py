@@ -46,10 +46,10 @@ def slot_ms(slot: datetime) -> int:
 #   scheduled (and caught-up) slot   <job_id>:<slot_ms>
 #   manual, with an Idempotency-Key  <job_id>:manual:<key>
 #   manual, without one              <job_id>:manual:<random run id>
-#   backfill of a slot               <job_id>:backfill:<slot_ms>
 #
 # Only a scheduled slot's id is digits after the job id, so no other kind can ever collide
-# with one, whatever the clock says.
+# with one, whatever the clock says. A backfilled slot is its scheduled run (the same ids), so
+# a slot the scheduler dispatched is never backfilled again, nor the other way round.
 
 _RUN_NAMESPACE = RUN_NAMESPACE.bytes
 
@@ -99,12 +99,6 @@ def manual_run(job_id: str, request_key: str | None) -> RunIds:
         return RunIds(run_id=run_id, msg_id=f"{job_id}:manual:{request_key}")
     run_id = str(uuid.uuid4())
     return RunIds(run_id=run_id, msg_id=f"{job_id}:manual:{run_id}")
-
-
-def backfill_run(job_id: str, slot_ms: int) -> RunIds:
-    """A past slot run again on request: once per slot, apart from its scheduled run."""
-    key = f"{job_id}:backfill:{slot_ms}"
-    return RunIds(run_id=_uuid5(key), msg_id=key)
 
 
 def run_id_for(job_id: str, slot: datetime) -> str:
