@@ -15,8 +15,9 @@ import msgspec
 import pytest
 from nats.js.errors import KeyNotFoundError
 
-from cronbus.scheduler.app import STATUS_KEY, SchedulerService
+from cronbus.scheduler.app import SchedulerService
 from cronbus.scheduler.feed import JobFeed
+from cronbus.scheduler.leadership import STATUS_KEY
 from cronbus.scheduler.lease import LEASE_KEY
 from cronbus.scheduler.watermark import WATERMARK_KEY, Watermark
 from cronbus.shared.bus import Bus
@@ -278,12 +279,12 @@ async def test_a_reconnect_ends_the_term_and_the_next_starts_from_dispatch(
     await create_job(bus.js, names, "tick", spec("* * * * * *"))
     async with running(settings) as service:
         await wait_for(lambda: _at_least(bus, "tick", 2), what="dispatches before the outage")
-        first_term = service._dispatcher
+        first_term = service.dispatcher
         await nats_server.stop()
         await wait_for(lambda: not service.leading.is_set(), what="the term ended")
         await nats_server.start()
         await wait_for(
-            lambda: service.leading.is_set() and service._dispatcher is not first_term,
+            lambda: service.leading.is_set() and service.dispatcher is not first_term,
             timeout=20,
             what="a new term",
         )

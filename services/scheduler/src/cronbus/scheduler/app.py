@@ -1,12 +1,8 @@
 """The scheduler service: the composition root.
 
-Every replica replays and follows JOBS (hot standby). The replica holding the lease leads: on
-taking over it reads the watermark and recent DISPATCH history, queues what its predecessor
-left undone under each job's catch-up policy, and from then on pops due slots off the heap and
-publishes them. About once a second the leader persists the watermark and its status.
-
-Who may publish is decided in one place, the term (`lease.Term`); the watermark lives in
-`watermark.py`. This module wires them to the connection, the feed and the timetable.
+Every replica replays and follows JOBS (hot standby); the one holding the lease leads
+(`leadership.Leadership`). This module opens the connection and the buckets, and wires the
+feed, the timetable and the leadership together.
 """
 
 from __future__ import annotations
@@ -14,44 +10,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Coroutine
-from datetime import UTC, datetime
 from typing import Any
 
 from nats.js.kv import KeyValue
 
 from cronbus.scheduler.dispatch import Dispatcher
-from cronbus.scheduler.domain import (
-    DEFAULT_GRACE,
-    HISTORY_MARGIN,
-    Fence,
-    Timetable,
-    to_datetime,
-    watermark_of,
-)
+from cronbus.scheduler.domain import DEFAULT_GRACE, Fence, Timetable
 from cronbus.scheduler.feed import JobFeed
-from cronbus.scheduler.history import dedupe_covers, dispatched_since
+from cronbus.scheduler.leadership import Leadership
 from cronbus.scheduler.lease import Lease, Term
 from cronbus.scheduler.publish import AckedPublisher
-from cronbus.scheduler.watermark import (
-    Start,
-    failover_grace,
-    read_watermark,
-    record_term,
-    write_watermark,
-)
 from cronbus.shared.bus import Bus
-from cronbus.shared.events import JobEvents
 from cronbus.shared.settings import Settings
-from cronbus.shared.status import LeaderTerm, SchedulerStatus, encode_status
 from cronbus.shared.tracing import setup_tracing
 
 log = logging.getLogger(__name__)
 
-STATUS_KEY = "status"
-# How often the leader persists the watermark and its status.
-STATE_INTERVAL = 1.0
 # No outbound buffer while disconnected: nats-py would otherwise keep publishes made during a
 # disconnect and send them after the reconnect, past the fence (perhaps after another leader
 # took over, and beyond the dedupe window). Publishing while disconnected raises instead.
@@ -64,11 +39,6 @@ async def open_bus(settings: Settings, stopping: asyncio.Event) -> Bus | None:
     return await Bus.open_when_ready(settings, "scheduler", stopping, **CONNECT_OPTIONS)
 
 
-def connection_epoch(bus: Bus) -> int | None:
-    """Which connection to NATS this is (its reconnect count); None while disconnected."""
-    return bus.nc.stats["reconnects"] if bus.nc.is_connected else None
-
-
 class SchedulerService:
     name = "scheduler"
 
@@ -77,25 +47,22 @@ class SchedulerService:
         self.ready = asyncio.Event()
         self.timetable = Timetable(grace=grace)
         self.fence = Fence(ttl=settings.lease_ttl, margin=settings.lease_margin)
-        # Standbys try to take the lease this often; failover is about TTL + this.
-        self.poll_interval = min(0.25, settings.lease_renew)
-        # Set while a term runs (for waiting on it); whether a dispatch may go out is the
-        # term's answer alone.
-        self.leading = asyncio.Event()
-        self._wake = asyncio.Event()
-        self._dispatcher: Dispatcher | None = None
-        self._processed_until = 0.0
-        self._lease: Lease | None = None
-        self._publisher: AckedPublisher | None = None
-        # The term begun and not recorded yet (the state loop records it with the watermark).
-        self._unrecorded_term: LeaderTerm | None = None
+        self.leadership = Leadership(settings, self.timetable, self.fence)
+
+    @property
+    def leading(self) -> asyncio.Event:
+        """Set while this replica runs a term."""
+        return self.leadership.leading
 
     @property
     def term(self) -> Term | None:
         """The current or last term of primacy."""
-        return self._dispatcher.term if self._dispatcher is not None else None
+        return self.leadership.term
 
-    # --- lifecycle --------------------------------------------------------------------------
+    @property
+    def dispatcher(self) -> Dispatcher | None:
+        """The current or last term's dispatcher."""
+        return self.leadership.dispatcher
 
     async def run(self, stopping: asyncio.Event) -> None:
         setup_tracing("scheduler", self.settings.instance_id)
@@ -103,31 +70,36 @@ class SchedulerService:
         if bus is None:
             return
         names = self.settings.names
+        leadership = self.leadership
         tasks: list[asyncio.Task[None]] = []
         state_kv: KeyValue | None = None
         try:
             leader_kv = await bus.js.key_value(names.leader_bucket)
             state_kv = await bus.js.key_value(names.scheduler_bucket)
-            self._lease = Lease(
+            leadership.lease = Lease(
                 leader_kv, self.settings.instance_id, self.fence, timeout=self.settings.lease_renew
             )
-            feed = JobFeed(bus.js, names, self._on_event)
-            self._publisher = AckedPublisher(bus.nc)
-            await self._publisher.start()
+            feed = JobFeed(bus.js, names, leadership.on_job_event)
+            leadership.publisher = AckedPublisher(bus.nc)
+            await leadership.publisher.start()
 
             def spawn(coro: Coroutine[Any, Any, None], name: str) -> None:
                 tasks.append(asyncio.create_task(coro, name=f"scheduler-{name}"))
 
             spawn(feed.run(stopping), "feed")
-            spawn(self._primacy(bus, state_kv, feed, stopping), "primacy")
-            spawn(self._dispatch_loop(stopping), "dispatch")
-            spawn(self._state_loop(state_kv, stopping), "state")
+            spawn(leadership.hold_primacy(bus, state_kv, feed, stopping), "primacy")
+            spawn(leadership.dispatch_loop(stopping), "dispatch")
+            spawn(leadership.state_loop(state_kv, stopping), "state")
             await self._until(feed.caught_up, stopping, tasks)
             self.ready.set()
             log.info("scheduler %s ready with %d jobs", self.settings.instance_id, len(self.timetable.jobs))
             await self._until(stopping, stopping, tasks)
         finally:
-            await self._stop(tasks, state_kv)
+            await leadership.stop(state_kv)
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.wait(tasks, timeout=5.0)
             await bus.close()
 
     @staticmethod
@@ -139,250 +111,6 @@ class SchedulerService:
             for task in tasks:
                 if task.done() and not task.cancelled() and task.exception() is not None:
                     raise RuntimeError(f"{task.get_name()} failed") from task.exception()
-
-    async def _stop(self, tasks: list[asyncio.Task[None]], state_kv: KeyValue | None) -> None:
-        """Stop dispatching, let publishes in flight finish, persist the watermark, release."""
-        self.leading.clear()
-        self._wake.set()
-        dispatcher = self._dispatcher
-        if dispatcher is not None:
-            await dispatcher.drain(self.settings.grace_period)
-            if dispatcher.abandoned:
-                # Slots given up unpublished: the watermark last written stays below them, and
-                # the next leader decides about them.
-                log.warning("%d slots not dispatched; watermark left where it was", dispatcher.abandoned)
-            elif state_kv is not None and self.fence.allows(time.monotonic()):
-                # The term ended with the drain and published nothing more; the lease is still
-                # ours, so the watermark of what it confirmed is ours to write.
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(self._write_state(state_kv, stopped=True), timeout=1.0)
-        if self._lease is not None:
-            await self._lease.release()
-        if self._publisher is not None:
-            await self._publisher.stop()
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=5.0)
-
-    # --- jobs -------------------------------------------------------------------------------
-
-    def _on_event(self, event: JobEvents) -> None:
-        self.timetable.apply(event, time.time())
-        if self.timetable.leading:
-            self._wake.set()
-
-    # --- primacy ----------------------------------------------------------------------------
-
-    async def _primacy(self, bus: Bus, state_kv: KeyValue, feed: JobFeed, stopping: asyncio.Event) -> None:
-        """Acquire the lease when free, renew it while held, begin and end terms."""
-        lease = self._lease
-        assert lease is not None
-        while not stopping.is_set():
-            try:
-                if not lease.held:
-                    if feed.caught_up.is_set() and await lease.acquire():
-                        await self._take_over(bus, state_kv)
-                        continue
-                    interval = self.poll_interval
-                else:
-                    if not await lease.renew():
-                        self._step_down()
-                    elif not self.leading.is_set() and bus.nc.is_connected:
-                        # The last term ended while the lease stayed ours (its connection was
-                        # replaced, its window stayed full): a new term, from the watermark and
-                        # DISPATCH.
-                        await self._take_over(bus, state_kv)
-                        continue
-                    interval = self.settings.lease_renew
-            except Exception as exc:
-                log.warning("lease %s: %r", "renewal" if lease.held else "acquisition", exc)
-                interval = min(self.poll_interval, self.settings.lease_renew)
-            term = self.term
-            if self.leading.is_set() and term is not None and not term.may_publish(time.monotonic()):
-                self._step_down()
-            if lease.held and not self.fence.allows(time.monotonic()):
-                # Renewals failed until the fence closed. The key expires with its TTL and
-                # whoever takes it next (perhaps us) starts from the watermark.
-                lease.lose("no renewal confirmed before the fence closed")
-                self._step_down()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), timeout=interval)
-
-    async def _take_over(self, bus: Bus, state_kv: KeyValue) -> None:
-        """Begin a term: read where the last one stopped and queue what it left owed. The term
-        starts on the connection it reads DISPATCH over; if that connection is replaced or the
-        fence closes before the takeover is done, the term is over before it began."""
-        lease = self._lease
-        assert lease is not None
-        started = time.monotonic()
-        term = Term(self.fence, lambda: connection_epoch(bus), revision=lease.revision)
-        deadline = self.fence.deadline or started
-        try:
-            # Nothing renews the lease while the takeover reads: it must be done before the
-            # fence closes.
-            start, dispatched = await asyncio.wait_for(
-                self._read_start(bus, state_kv, deadline), timeout=max(0.1, deadline - started)
-            )
-        except Exception as exc:
-            log.warning("takeover failed (%r); giving the lease back", exc)
-            await lease.release()
-            return
-        if not term.may_publish(time.monotonic()):
-            log.warning("takeover outlived its term (%s); giving the lease back", term.why)
-            await lease.release()
-            return
-        now = time.time()
-        grace = failover_grace(start, now, self.timetable.grace)
-        assert self._publisher is not None
-        self._dispatcher = Dispatcher(self._publisher, self.settings.names, self.settings.instance_id, term)
-        self._processed_until = start.at
-        queued = self.timetable.lead(
-            start.at, now, dispatched, settled_before=start.at - HISTORY_MARGIN, grace=grace
-        )
-        self._unrecorded_term = LeaderTerm(
-            leader=self.settings.instance_id,
-            lease_revision=lease.revision or 0,
-            started_at=to_datetime(now),
-            watermark=to_datetime(start.at),
-        )
-        self.leading.set()
-        self._wake.set()
-        log.info(
-            "leading (lease revision %s): watermark %s, %d already dispatched since, %d slots to catch up, "
-            "slots late by up to %.1fs dispatched as scheduled, takeover took %.0f ms",
-            lease.revision,
-            to_datetime(start.at).isoformat(),
-            len(dispatched),
-            queued,
-            grace,
-            (time.monotonic() - started) * 1000,
-        )
-
-    async def _read_start(self, bus: Bus, state_kv: KeyValue, deadline: float) -> tuple[Start, set[str]]:
-        """The watermark (written now on a fresh installation: a successor of a leader that dies
-        in its first second starts from here) and the slots dispatched since a little before it,
-        reading before monotonic `deadline`.
-
-        If that read fails while every slot since then is still inside DISPATCH's dedupe window
-        (a failover, not days of downtime), the takeover goes on without it: what is already
-        stored is dropped as a duplicate. The read then gets half the time, so the term can
-        still begin before the fence closes."""
-        start = await read_watermark(state_kv)
-        if start is None:
-            now = time.time()
-            start = Start(at=now, written=now)
-            await write_watermark(state_kv, now, leader=self.settings.instance_id, now=now)
-        since = start.at - HISTORY_MARGIN
-        covered = dedupe_covers(since, time.time(), self.settings.dedupe_window, margin=HISTORY_MARGIN)
-        budget = max(0.1, deadline - time.monotonic())
-        if covered:
-            budget /= 2
-        try:
-            dispatched = await asyncio.wait_for(
-                dispatched_since(bus.js, self.settings.names, to_datetime(since), timeout=budget), budget
-            )
-        except Exception as exc:
-            if not covered:
-                raise
-            log.warning(
-                "reading DISPATCH since %s failed (%r); going on without it: every slot since then is "
-                "inside the %.0fs dedupe window",
-                to_datetime(since).isoformat(),
-                exc,
-                self.settings.dedupe_window,
-            )
-            return start, set()
-        return start, dispatched
-
-    def _step_down(self) -> None:
-        if self.leading.is_set() or self.timetable.leading:
-            log.warning("stepping down: no longer the leader")
-        self.leading.clear()
-        self.timetable.follow()
-        if self._dispatcher is not None:
-            self._dispatcher.end_term()
-        self._wake.set()
-
-    # --- dispatch ---------------------------------------------------------------------------
-
-    async def _dispatch_loop(self, stopping: asyncio.Event) -> None:
-        while not stopping.is_set():
-            if not self.leading.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=0.5)
-                self._wake.clear()
-                continue
-            dispatcher = self._dispatcher
-            assert dispatcher is not None
-            now = time.time()
-            batch = []
-            for due in self.timetable.pop_due(now):
-                # The state that decided the slot: a slot owed by a definition that was since
-                # updated goes out as that definition said.
-                job = due.job if due.job is not None else self.timetable.jobs.get(due.job_id)
-                if job is not None:
-                    batch.append((due, job))
-            try:
-                # A step-down in the middle of the batch ends the dispatcher's term: it publishes
-                # nothing more of it.
-                await dispatcher.submit_all(batch)
-            except TimeoutError:
-                log.error("dispatch window stayed full; due slots left to the next term")
-                dispatcher.end_term("the dispatch window stayed full")
-            nxt = self.timetable.next_fire_at()
-            if not dispatcher.ended:
-                # An ended term may have dropped popped slots: its watermark stays before them,
-                # so the next leader starts there.
-                self._processed_until = now if nxt is None or nxt > now else min(now, nxt - 0.001)
-            delay = 0.5 if nxt is None else max(0.0, min(0.5, nxt - time.time()))
-            if delay > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=delay)
-            self._wake.clear()
-
-    # --- state ------------------------------------------------------------------------------
-
-    async def _state_loop(self, kv: KeyValue, stopping: asyncio.Event) -> None:
-        while not stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), timeout=STATE_INTERVAL)
-            term = self.term
-            if stopping.is_set() or not self.leading.is_set() or term is None:
-                continue
-            if not term.may_publish(time.monotonic()):
-                continue
-            try:
-                await asyncio.wait_for(self._write_state(kv), timeout=STATE_INTERVAL)
-            except Exception as exc:
-                log.warning("writing watermark/status failed: %r", exc)
-
-    async def _write_state(self, kv: KeyValue, *, stopped: bool = False) -> None:
-        dispatcher = self._dispatcher
-        assert dispatcher is not None
-        unfinished = dispatcher.unfinished_slots_ms
-        if (queued := self.timetable.oldest_queued_slot_ms) is not None:
-            unfinished.append(queued)
-        watermark = watermark_of(self._processed_until, unfinished, self.timetable.max_jitter)
-        when = to_datetime(watermark)
-        await write_watermark(
-            kv, watermark, leader=self.settings.instance_id, now=time.time(), stopped=stopped
-        )
-        lease = self._lease
-        status = SchedulerStatus(
-            leader=self.settings.instance_id,
-            lease_revision=(lease.revision if lease else None) or 0,
-            jobs=len(self.timetable.jobs),
-            watermark=when,
-            dispatch_lag_ms=dispatcher.last_lateness_ms,
-            dispatched_total=dispatcher.dispatched_total,
-            updated_at=datetime.now(UTC),
-            schedule_errors=self.timetable.schedule_errors,
-        )
-        await kv.put(STATUS_KEY, encode_status(status))
-        if (term := self._unrecorded_term) is not None:
-            await record_term(kv, term)
-            self._unrecorded_term = None
 
 
 def create_service(settings: Settings) -> SchedulerService:
