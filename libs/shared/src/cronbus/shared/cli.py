@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
 
-from cronbus.shared.client.commands import (
+from cronbus.shared.client.arguments import (
     CLIENT_COMMANDS,
     add_client_commands,
     add_logs_client_arguments,
-    logs_command,
-    run_client,
 )
 from cronbus.shared.runtime import Service, StartupError, serve, setup_logging
 from cronbus.shared.settings import (
@@ -136,12 +135,20 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+def _stopped_before_start(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    # A SIGTERM while a service is still importing and connecting is a stop request like any
+    # other: exit 0 instead of dying by the signal. The service's own handler replaces this
+    # one once it runs.
+    signal.signal(signal.SIGTERM, _stopped_before_start)
     args = parser().parse_args(argv)
-    if args.command in CLIENT_COMMANDS:
-        return run_client(args)
-    if args.command == "logs" and args.run:
-        return logs_command(args)
+    if args.command in CLIENT_COMMANDS or (args.command == "logs" and args.run):
+        from cronbus.shared.client.commands import logs_command, run_client
+
+        return run_client(args) if args.command in CLIENT_COMMANDS else logs_command(args)
     try:
         if args.command == "up":
             from cronbus.shared.up import up_main

@@ -133,7 +133,9 @@ def exported(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def canonical(job: dict[str, Any]) -> dict[str, Any]:
-    """`job` (input or answer form) with defaults filled and units normalised, for comparing."""
+    """`job` (input or answer form) with defaults filled and units normalised, for comparing.
+    A copy: `job` itself is never changed."""
+    job = copy.deepcopy(job)
     out: dict[str, Any] = {}
     for key in INPUT_FIELDS:
         if key in DEFAULTS:
