@@ -10,6 +10,7 @@ import argparse
 import importlib
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -142,8 +143,10 @@ def _stopped_before_start(signum: int, frame: object) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     # A SIGTERM while a service is still importing and connecting is a stop request like any
     # other: exit 0 instead of dying by the signal. The service's own handler replaces this
-    # one once it runs.
-    signal.signal(signal.SIGTERM, _stopped_before_start)
+    # one once it runs. Only the main thread may set it (`main` also runs on other threads,
+    # e.g. `cronbus check` called from a test).
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _stopped_before_start)
     args = parser().parse_args(argv)
     if args.command in CLIENT_COMMANDS or (args.command == "logs" and args.run):
         from cronbus.shared.client.commands import logs_command, run_client
