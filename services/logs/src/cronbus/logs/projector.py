@@ -81,6 +81,9 @@ class Pacing:
     # Each batch costs a transaction, a position read and write and a pull request whatever
     # its size; at 1024 those are a small share of the work even for runs of one line.
     batch: int = 1024
+    # LOGS messages carry up to 64 KiB of output each (the runner's chunk size), so that feed
+    # takes smaller batches: 256 of them hold at most 16 MiB.
+    output_batch: int = 256
     fetch_timeout: float = 1.0
     # Redelivery is only a safety net (the projector re-binds from its position), so the
     # wait is long enough that a slow transaction is never delivered twice meanwhile.
@@ -92,6 +95,10 @@ class Pacing:
 
     def backoff(self, failures: int) -> float:
         return min(self.backoff_max, self.backoff_first * 2 ** max(0, failures - 1))
+
+    def batch_for(self, kind: str) -> int:
+        """The most messages one batch of the feed `kind` holds."""
+        return min(self.batch, self.output_batch) if kind == "logs" else self.batch
 
 
 class Projector:
@@ -105,6 +112,7 @@ class Projector:
         self.js = js
         self.writer = writer
         self.pacing = pacing or Pacing()
+        self._batch = self.pacing.batch_for(feed.kind)
         self._reconnects = reconnects
         self._bound_at_reconnects = -1
         # The consumer's delivery sequence of the last message received since binding.
@@ -139,7 +147,7 @@ class Projector:
             ack_policy=AckPolicy.EXPLICIT,
             ack_wait=self.pacing.ack_wait,
             max_deliver=-1,
-            max_ack_pending=self.pacing.batch * 4,
+            max_ack_pending=self._batch * 4,
             filter_subject=self.feed.subjects,
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE if position else DeliverPolicy.ALL,
             opt_start_seq=position + 1 if position else None,
@@ -163,7 +171,7 @@ class Projector:
                     await self.bind()
                 assert self._sub is not None
                 try:
-                    msgs = await self._sub.fetch(self.pacing.batch, timeout=self.pacing.fetch_timeout)
+                    msgs = await self._sub.fetch(self._batch, timeout=self.pacing.fetch_timeout)
                 except TimeoutError:
                     failures = 0
                     idle += 1
