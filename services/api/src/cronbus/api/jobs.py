@@ -58,6 +58,7 @@ from cronbus.shared.events import (
     JobResumed,
     JobUpdated,
     RunDispatched,
+    RunIds,
     encode,
     manual_run,
     scheduled_run,
@@ -418,12 +419,11 @@ class Jobs:
         slots = [s for s in slots_in(state.spec, body.from_, body.to) if _in_bounds(state, s)]
         ids = [scheduled_run(state.id, slot_ms(s)) for s in slots]
         there = await self._already_dispatched(state.id, body.from_, [i.run_id for i in ids])
-        dispatched: list[SlotRun] = []
-        already: list[SlotRun] = []
-        for slot, run in zip(slots, ids, strict=True):
-            if run.msg_id in there or run.run_id in there:
-                already.append(SlotRun(slot=slot, run_id=run.run_id))
-                continue
+        todo = [(s, run) for s, run in zip(slots, ids, strict=True) if not {run.msg_id, run.run_id} & there]
+        in_flight = asyncio.Semaphore(_APPENDS_IN_FLIGHT)
+        dispatched_at = self.clock()
+
+        async def dispatch(slot: datetime, run: RunIds) -> bool:
             event = RunDispatched(
                 run_id=run.run_id,
                 job_id=state.id,
@@ -432,13 +432,27 @@ class Jobs:
                 spec=state.spec,
                 job_revision=state.revision,
                 trigger="catchup",
-                dispatched_at=self.clock(),
+                dispatched_at=dispatched_at,
                 scheduler=f"api:{by.name}",
             )
-            if await self.journal.dispatch(event, run.msg_id):
-                dispatched.append(SlotRun(slot=slot, run_id=run.run_id))
-            else:
-                already.append(SlotRun(slot=slot, run_id=run.run_id))
+            async with in_flight:
+                return await self.journal.dispatch(event, run.msg_id)
+
+        # Pipelined like a batch create; every publish ends (or fails) before the answer. A
+        # backfill cut short by an error is safe to repeat: it dispatches only what is missing.
+        results = await asyncio.gather(*(dispatch(s, run) for s, run in todo), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        new = {run.run_id for (_, run), fresh in zip(todo, results, strict=True) if fresh is True}
+        dispatched = [
+            SlotRun(slot=s, run_id=run.run_id) for s, run in zip(slots, ids, strict=True) if run.run_id in new
+        ]
+        already = [
+            SlotRun(slot=s, run_id=run.run_id)
+            for s, run in zip(slots, ids, strict=True)
+            if run.run_id not in new
+        ]
         # Audit: the backfill (job, range, slots dispatched) is recorded here.
         return BackfillOut(slots=len(slots), dispatched=dispatched, already=already)
 
