@@ -114,10 +114,10 @@ def main(api_image: str, runner_image: str | None) -> int:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        asyncio.run(_sql(admin, f'CREATE DATABASE "{database}"'))
         containers: list[str] = []
         api: subprocess.Popen[bytes] | None = None
         try:
+            asyncio.run(_sql(admin, f'CREATE DATABASE "{database}"'))
             ctr = buildah("from", "--quiet", api_image)
             containers.append(ctr)
             for env in (
@@ -173,13 +173,16 @@ def main(api_image: str, runner_image: str | None) -> int:
                     stop(runner, "runner")
             return 0
         finally:
-            if api is not None and api.poll() is None:
-                stop(api, "api")
-            for ctr in containers:
-                subprocess.run([*BUILDAH, "rm", ctr], capture_output=True)
-            nats.terminate()
-            nats.wait(timeout=10)
-            asyncio.run(_sql(admin, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+            try:
+                if api is not None and api.poll() is None:
+                    stop(api, "api")
+            finally:
+                # Whatever failed, nothing is left behind: containers, the server, the database.
+                for ctr in containers:
+                    subprocess.run([*BUILDAH, "rm", ctr], capture_output=True)
+                nats.terminate()
+                nats.wait(timeout=10)
+                asyncio.run(_sql(admin, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
 
 
 if __name__ == "__main__":
