@@ -136,6 +136,11 @@ async def test_one_run_is_one_chain_of_spans_at_an_otlp_receiver(tmp_path: Path)
             )
         dispatch, _, projection = found[0]
         assert dispatch.name == "scheduler.dispatch" and projection.name.startswith("logs.project")
+        # One run, one trace: every dispatch starts a trace of its own.
+        dispatches = [s for s in receiver.spans if s.name == "scheduler.dispatch"]
+        assert len({s.trace_id for s in dispatches}) == len(dispatches) and all(
+            not s.parent_id for s in dispatches
+        )
         assert {s.service for s in receiver.spans} >= {"cronbus-scheduler", "cronbus-runner", "cronbus-logs"}
     finally:
         os.killpg(proc.pid, signal.SIGTERM)

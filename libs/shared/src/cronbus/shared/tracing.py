@@ -7,6 +7,7 @@ extracts them and starts its span as a child, so one run is one trace across ser
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Mapping, Sequence
 
 from opentelemetry import context, propagate, trace
@@ -22,6 +23,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 _propagator = TraceContextTextMapPropagator()
 _configured = False
+_exporting = False
 
 
 class CountingExporter(SpanExporter):
@@ -80,6 +82,8 @@ def setup_tracing(service: str, instance_id: str) -> None:
     if os.environ.get("OTEL_SERVICE_NAME"):
         attributes["service.name"] = os.environ["OTEL_SERVICE_NAME"]
     provider = TracerProvider(resource=Resource.create(attributes))
+    global _exporting
+    _exporting = otlp_wanted(os.environ) or os.environ.get("CRONBUS_TRACE_CONSOLE") == "1"
     if otlp_wanted(os.environ):
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
@@ -89,6 +93,27 @@ def setup_tracing(service: str, instance_id: str) -> None:
         provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
     trace.set_tracer_provider(provider)
     propagate.set_global_textmap(_propagator)
+
+
+def exporting() -> bool:
+    """Whether this process sends spans anywhere (OTLP or the console)."""
+    return _exporting
+
+
+def new_trace_headers() -> dict[str, str]:
+    """Headers that start a new trace without a span object: a fresh W3C `traceparent` (trace
+    and parent ids random, sampled). For work that must carry a trace id of its own even when
+    no span is exported, at the cost of a couple of random numbers."""
+    trace_id = random.getrandbits(128) or 1
+    span_id = random.getrandbits(64) or 1
+    return {"traceparent": f"00-{trace_id:032x}-{span_id:016x}-01"}
+
+
+def trace_id_of(headers: Mapping[str, str] | None) -> str | None:
+    """The trace id a message's `traceparent` names, as 32 hex digits (None without one)."""
+    parent = (headers or {}).get("traceparent", "")
+    parts = parent.split("-")
+    return parts[1] if len(parts) == 4 and len(parts[1]) == 32 else None
 
 
 def tracer(name: str) -> trace.Tracer:

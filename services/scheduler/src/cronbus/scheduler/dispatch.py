@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 import msgspec
 from nats.js.api import PubAck
+from opentelemetry.context import Context
 
 from cronbus.scheduler.domain import Due, Job, msg_id_of
 from cronbus.scheduler.lease import Term
@@ -32,7 +33,7 @@ from cronbus.shared import metrics
 from cronbus.shared.bus import MSG_ID
 from cronbus.shared.events import RunDispatched, scheduled_run_id
 from cronbus.shared.names import Names
-from cronbus.shared.tracing import inject_headers, tracer
+from cronbus.shared.tracing import exporting, inject_headers, new_trace_headers, tracer
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,22 @@ def encode_dispatch(due: Due, job: Job, *, scheduler: str, now: float) -> tuple[
     return _wire_encoder.encode(event), lateness_ms
 
 
+def run_trace(due: Due, job: Job) -> dict[str, str]:
+    """The trace a slot's run starts: one run, one trace (dispatch, its attempts on a runner,
+    their projection). A root span is recorded only when spans are exported; otherwise the
+    run still gets a trace id of its own, for its events and log lines, without a span object
+    (a burst of thousands of slots would pay for them)."""
+    if not exporting():
+        return new_trace_headers()
+    attributes: dict[str, str | int] = {
+        "cronbus.job_id": job.job_id,
+        "cronbus.slot_ms": due.slot_ms,
+        "cronbus.trigger": due.trigger,
+    }
+    with _tracer.start_as_current_span("scheduler.dispatch", context=Context(), attributes=attributes):
+        return inject_headers()
+
+
 class Dispatcher:
     """Publishes the slots of one term with at most `max_in_flight` publishes awaiting their
     acks."""
@@ -180,24 +197,19 @@ class Dispatcher:
         return len(self._unfinished)
 
     async def submit_all(self, batch: Sequence[tuple[Due, Job]]) -> None:
-        """Publish every slot of `batch` (see `submit`) under one trace span, yielding to the
-        loop every YIELD_EVERY publishes."""
-        if not batch:
-            return
-        with _tracer.start_as_current_span("scheduler.dispatch") as span:
-            span.set_attribute("cronbus.dispatches", len(batch))
-            trace = inject_headers()
-            for i, (due, job) in enumerate(batch, 1):
-                if self.term.ended:
-                    log.warning("%d due slots left to the next term: %s", len(batch) - i + 1, self.term.why)
-                    # Given up like a publish the term could not finish: the watermark stays
-                    # below them.
-                    for left, _ in batch[i - 1 :]:
-                        self._abandoned[(left.job_id, left.slot_ms)] = left.slot_ms
-                    return
-                await self.submit(due, job, trace=trace)
-                if i % YIELD_EVERY == 0:
-                    await asyncio.sleep(0)
+        """Publish every slot of `batch` (see `submit`), each the start of its run's trace,
+        yielding to the loop every YIELD_EVERY publishes."""
+        for i, (due, job) in enumerate(batch, 1):
+            if self.term.ended:
+                log.warning("%d due slots left to the next term: %s", len(batch) - i + 1, self.term.why)
+                # Given up like a publish the term could not finish: the watermark stays
+                # below them.
+                for left, _ in batch[i - 1 :]:
+                    self._abandoned[(left.job_id, left.slot_ms)] = left.slot_ms
+                return
+            await self.submit(due, job, trace=run_trace(due, job))
+            if i % YIELD_EVERY == 0:
+                await asyncio.sleep(0)
 
     async def submit(self, due: Due, job: Job, *, trace: dict[str, str] | None = None) -> None:
         """Publish `due`; waits (bounded) only while `max_in_flight` publishes await their acks.
