@@ -134,6 +134,18 @@ async def test_one_run_is_one_chain_of_spans_at_an_otlp_receiver(tmp_path: Path)
             found = await wait_for(
                 lambda: chains(receiver.spans), timeout=60, what="a dispatch-run-projection chain"
             )
+
+            # The run's answer names its trace: the trace of a runner span at the receiver.
+            job_id = (await client.get("/v1/jobs")).json()["items"][0]["id"]
+            runs = (await client.get(f"/v1/jobs/{job_id}/runs")).json()["items"]
+            run_id = next(r["id"] for r in runs if r["status"] == "succeeded")
+            trace_id = (await client.get(f"/v1/runs/{run_id}")).json()["trace_id"]
+            assert trace_id and len(trace_id) == 32
+            await wait_for(
+                lambda: any(s.trace_id == trace_id and s.name == "run" for s in receiver.spans),
+                timeout=30,
+                what="the run's trace at the receiver",
+            )
         dispatch, _, projection = found[0]
         assert dispatch.name == "scheduler.dispatch" and projection.name.startswith("logs.project")
         # One run, one trace: every dispatch starts a trace of its own.

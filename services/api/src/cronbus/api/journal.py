@@ -41,7 +41,7 @@ from cronbus.shared.status import (
     decode_runner_presence,
     decode_scheduler_status,
 )
-from cronbus.shared.tracing import inject_headers, tracer
+from cronbus.shared.tracing import inject_headers, trace_id_of, tracer
 
 log = logging.getLogger(__name__)
 _tracer = tracer(__name__)
@@ -69,6 +69,8 @@ class RunHead:
     identity: RunIdentity
     last: RunEvents | None
     last_seq: int
+    # The run's trace (from its events' trace context), when they carry one.
+    trace_id: str | None = None
 
     @property
     def waiting(self) -> bool:
@@ -145,7 +147,7 @@ class Journal:
             last: RunEvents | None = decode_run_event(msg.data or b"")
         except MalformedEvent:
             last = None
-        return RunHead(identity=identity, last=last, last_seq=msg.seq)
+        return RunHead(identity=identity, last=last, last_seq=msg.seq, trace_id=trace_id_of(msg.headers))
 
     async def find_dispatch(self, run_id: str, *, after_seq: int) -> RunIdentity | None:
         """The run's dispatch among the DISPATCH messages after `after_seq` (what the history

@@ -6,6 +6,8 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 
+import msgspec
+
 from cronbus.api.domain import FieldError, InvalidInput, Principal, RunNotFound, check_id
 from cronbus.api.history import History
 from cronbus.api.journal import Journal, RunHead
@@ -26,7 +28,15 @@ class Runs:
         run = await self.history.run(run_id)
         if run is None:
             raise RunNotFound(run_id)
-        return run
+        try:
+            head = await asyncio.wait_for(self.journal.run_head(run_id, run.job_id), timeout=2.0)
+        except Exception as exc:
+            # The history answers without it; the trace id is a pointer, not the run.
+            log.warning("run %s: cannot read its trace id from RUNS: %r", run_id, exc)
+            return run
+        if head is None or head.trace_id is None:
+            return run
+        return msgspec.structs.replace(run, trace_id=head.trace_id)
 
     async def log(self, run_id: str, *, attempt: int | None) -> bytes:
         """An attempt's output (the latest attempt unless one is named)."""

@@ -341,6 +341,9 @@ class RunOut(msgspec.Struct, kw_only=True):
     output_bytes: int
     truncated: bool
     attempts: list[AttemptOut] = []
+    # The run's trace (W3C trace id, 32 hex digits) on `GET /v1/runs/{id}`, once it started:
+    # find its spans in the tracing backend, and its service log lines by `trace_id`.
+    trace_id: str | None = None
 
 
 class RunPage(msgspec.Struct, kw_only=True):
