@@ -136,7 +136,7 @@ async def test_a_job_read_and_sent_back_keeps_its_secrets(api: Api) -> None:
 
 
 async def test_a_masked_secret_without_a_stored_value_is_refused(lite_api: Api) -> None:
-    """"***" keeps a stored secret; a new job (say, made from an export) has none to keep."""
+    """ "***" keeps a stored secret; a new job (say, made from an export) has none to keep."""
     body = {
         "name": "from-export",
         "schedule": "0 3 * * *",
