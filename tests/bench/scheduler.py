@@ -8,6 +8,7 @@ Run with `.venv/bin/python -m tests.bench scheduler`.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import random
 import signal
@@ -300,12 +301,28 @@ async def memory_and_cold_start(server: EmbeddedNats, tmp: Path) -> list[Figure]
     ]
 
 
-async def main() -> list[Figure]:
+SCENARIOS = {f.__name__: f for f in (steady_lateness, burst, failover, memory_and_cold_start)}
+
+
+async def main(argv: list[str] | None = None) -> list[Figure]:
+    """`--only burst,memory_and_cold_start` runs some scenarios; `--repeat N` runs them N times
+    in a row (each run's figures are reported, marked with the run)."""
+    parser = argparse.ArgumentParser(prog="bench scheduler")
+    parser.add_argument(
+        "--only", default=",".join(SCENARIOS), help=f"comma-separated: {', '.join(SCENARIOS)}"
+    )
+    parser.add_argument("--repeat", type=int, default=1)
+    opts = parser.parse_args(argv or [])
+    chosen = [SCENARIOS[name.strip()] for name in opts.only.split(",") if name.strip()]
     figures: list[Figure] = []
-    with tempfile.TemporaryDirectory(prefix="cronbus-bench-") as tmpdir:
-        tmp = Path(tmpdir)
-        async with EmbeddedNats(tmp / "nats", log_file=tmp / "nats-server.log") as server:
-            for scenario in (steady_lateness, burst, failover, memory_and_cold_start):
-                print(f"running {scenario.__name__} ...", file=sys.stderr, flush=True)
-                figures += await scenario(server, tmp)
+    for run in range(1, opts.repeat + 1):
+        with tempfile.TemporaryDirectory(prefix="cronbus-bench-") as tmpdir:
+            tmp = Path(tmpdir)
+            async with EmbeddedNats(tmp / "nats", log_file=tmp / "nats-server.log") as server:
+                for scenario in chosen:
+                    print(f"running {scenario.__name__} ...", file=sys.stderr, flush=True)
+                    for figure in await scenario(server, tmp):
+                        if opts.repeat > 1:
+                            figure.name = f"{figure.name} (run {run})"
+                        figures.append(figure)
     return figures
