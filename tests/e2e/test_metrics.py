@@ -59,7 +59,7 @@ async def test_every_process_of_up_serves_its_metrics(tmp_path: Path) -> None:
         state = json.loads(state_file.read_text())
         urls = state["metrics"]
         assert set(urls) >= {"api+scheduler"} and len(urls) == 3, urls  # api+scheduler, logs, one runner
-        runner_url = next(u for k, u in urls.items() if "-1" in k)
+        runner_url = next(u for k, u in urls.items() if k.endswith("-1"))
         logs_url = next(u for k, u in urls.items() if k.endswith("-logs"))
         headers = {"Authorization": f"Bearer {state['admin_key']}"}
         async with httpx.AsyncClient(base_url=state["api_url"], headers=headers, timeout=10) as client:

@@ -15,6 +15,7 @@ a manifest keeps the stored value, and a changed secret alone is not noticed as 
 from __future__ import annotations
 
 import copy
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -292,22 +293,45 @@ def _renumber(message: str, offset: int) -> str:
 
 
 def execute(api: Api, todo: Plan) -> None:
+    """Apply `todo`, then wait (bounded) until the history shows it: a list read right after
+    (the next `apply`, `cronbus jobs ls`) sees what was applied."""
+    for existing in todo.delete:
+        api.json("DELETE", f"/v1/jobs/{existing['id']}")
+    last: dict[str, Any] | None = None  # the newest write's answer (job id and revision)
     for start in range(0, len(todo.create), BATCH):
         chunk = todo.create[start : start + BATCH]
         created = api.json("POST", "/v1/jobs", json=[full_input(j) for j in chunk])["items"]
+        last = created[-1] if created else last
         for job, answer in zip(chunk, created, strict=True):
             if job.get("paused"):
-                api.json("POST", f"/v1/jobs/{answer['id']}/pause")
+                last = api.json("POST", f"/v1/jobs/{answer['id']}/pause")
     for job, existing, _ in todo.update:
-        api.json(
+        last = api.json(
             "PATCH",
             f"/v1/jobs/{existing['id']}",
             json=full_input(job),
             headers={"If-Match": f'"{existing["revision"]}"'},
         )
     for existing in todo.pause:
-        api.json("POST", f"/v1/jobs/{existing['id']}/pause")
+        last = api.json("POST", f"/v1/jobs/{existing['id']}/pause")
     for existing in todo.resume:
-        api.json("POST", f"/v1/jobs/{existing['id']}/resume")
-    for existing in todo.delete:
-        api.json("DELETE", f"/v1/jobs/{existing['id']}")
+        last = api.json("POST", f"/v1/jobs/{existing['id']}/resume")
+    if last is not None:
+        # The history applies job events in stream order: once it has the newest write, it
+        # has every write before it (deletes came first).
+        wait_for_history(api, last["id"], last["revision"])
+
+
+def wait_for_history(api: Api, job_id: str, revision: int, attempts: int = 3) -> None:
+    """`GET /v1/jobs/{id}?revision=N` waits (5 s a call) until the history has revision N."""
+    for _ in range(attempts):
+        try:
+            api.json("GET", f"/v1/jobs/{job_id}", params={"revision": revision})
+            return
+        except ClientError as exc:
+            if getattr(exc, "status", None) != 504:
+                raise
+    print(
+        f"cronbus: applied, but the history does not show revision {revision} of job {job_id} yet",
+        file=sys.stderr,
+    )
