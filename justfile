@@ -17,7 +17,8 @@ up *ARGS: sync
 test *ARGS: sync lint
     #!/usr/bin/env bash
     set -uo pipefail
-    uv run --no-sync pytest {{ARGS}}
+    # Two workers (a test module stays on one); CRONBUS_TEST_WORKERS=0 runs everything in one process.
+    uv run --no-sync pytest -n "${CRONBUS_TEST_WORKERS:-2}" --dist loadfile {{ARGS}}
     rc=$?
     if [ "$rc" -eq 5 ]; then echo "test: pytest collected no tests; that is a failure" >&2; exit 1; fi
     exit "$rc"
