@@ -5,12 +5,8 @@ instead, so CI cannot pass without having run them."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import wait_for_sync
+from tests.support import running_up
 
 CHROMIUM = os.environ.get("CRONBUS_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -73,35 +69,8 @@ class Stack:
 def stack(chromium_required: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """`cronbus up` with one process per service kind, as a new user starts it."""
     data_dir = tmp_path_factory.mktemp("console") / "data"
-    log = (data_dir.parent / "up.log").open("wb")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CRONBUS_")}
-    env["CRONBUS_PROCESSES"] = "1"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cronbus.shared.cli", "up", "--data-dir", str(data_dir), "--api-port", "0"],
-        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-    )  # fmt: skip
-    try:
-        state_file = data_dir / "cronbus.json"
-        wait_for_sync(lambda: state_file.exists() or proc.poll() is not None, timeout=60, what="cronbus up")
-        assert proc.poll() is None, f"cronbus up exited; see {log.name}"
-        state = json.loads(state_file.read_text())
-
-        def ready() -> bool:
-            try:
-                return httpx.get(state["api_url"] + "/readyz", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_for_sync(ready, timeout=60, what="API ready")
+    with running_up(data_dir) as state:
         yield Stack(data_dir=data_dir, api_url=state["api_url"], admin_key=state["admin_key"])
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
 
 
 @dataclass

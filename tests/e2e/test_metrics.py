@@ -4,9 +4,6 @@ metrics port already in use as a clear start-up error."""
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import signal
 import socket
 import sys
 from pathlib import Path
@@ -15,7 +12,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import wait_for
+from tests.support import running_up_async, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -44,26 +41,13 @@ async def scrape(url: str) -> dict[str, float]:
 
 
 async def test_every_process_of_up_serves_its_metrics(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CRONBUS_", "OTEL_"))}
-    env["CRONBUS_PROCESSES"] = "1"
-    data = tmp_path / "data"
-    with (tmp_path / "up.log").open("wb") as log:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "cronbus.shared.cli", "up", "--data-dir", str(data), "--api-port", "0",
-            stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=asyncio.subprocess.STDOUT, env=env,
-            start_new_session=True,
-        )  # fmt: skip
-    try:
-        state_file = data / "cronbus.json"
-        await wait_for(lambda: state_file.exists(), timeout=60, what="cronbus up")
-        state = json.loads(state_file.read_text())
-        urls = state["metrics"]
+    async with running_up_async(tmp_path / "data") as state:
+        urls: dict[str, str] = state["metrics"]  # type: ignore[assignment]  # a mapping in cronbus.json
         assert set(urls) >= {"api+scheduler"} and len(urls) == 3, urls  # api+scheduler, logs, one runner
         runner_url = next(u for k, u in urls.items() if k.endswith("-1"))
         logs_url = next(u for k, u in urls.items() if k.endswith("-logs"))
         headers = {"Authorization": f"Bearer {state['admin_key']}"}
         async with httpx.AsyncClient(base_url=state["api_url"], headers=headers, timeout=10) as client:
-            await wait_for(lambda: _ready(client), timeout=60, what="API ready")
             job = {
                 "name": "counted",
                 "schedule": "* * * * * *",
@@ -92,16 +76,6 @@ async def test_every_process_of_up_serves_its_metrics(tmp_path: Path) -> None:
             )
 
         await wait_for(all_counted, timeout=60, interval=0.5, what="every metric counting")
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        await asyncio.wait_for(proc.wait(), timeout=60)
-
-
-async def _ready(client: httpx.AsyncClient) -> bool:
-    try:
-        return (await client.get("/readyz")).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 async def test_a_metrics_port_in_use_is_a_clear_start_up_error(tmp_path: Path) -> None:

@@ -8,10 +8,6 @@ loopback; `cronbus up` runs with OTEL_EXPORTER_OTLP_ENDPOINT pointing at it.
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import signal
-import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +17,7 @@ import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from cronbus.shared.tracing import CountingExporter, otlp_wanted
-from tests.support import wait_for
+from tests.support import running_up_async, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -104,37 +100,23 @@ def chains(spans: list[Span]) -> list[tuple[Span, Span, Span]]:
 async def test_one_run_is_one_chain_of_spans_at_an_otlp_receiver(tmp_path: Path) -> None:
     receiver = Receiver()
     server = await asyncio.start_server(receiver.handle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CRONBUS_", "OTEL_"))}
-    env.update(
-        OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{port}",
-        OTEL_BSP_SCHEDULE_DELAY="200",
-        CRONBUS_PROCESSES="1",
-    )
-    data = tmp_path / "data"
-    log = (tmp_path / "up.log").open("wb")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "cronbus.shared.cli", "up", "--data-dir", str(data), "--api-port", "0",
-        stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=asyncio.subprocess.STDOUT, env=env,
-        start_new_session=True,
-    )  # fmt: skip
+    endpoint = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    job = {"name": "traced", "schedule": "* * * * * *", "executor": {"type": "shell", "command": "echo hi"}}
     try:
-        state_file = data / "cronbus.json"
-        await wait_for(lambda: state_file.exists(), timeout=60, what="cronbus up")
-        state = json.loads(state_file.read_text())
-        headers = {"Authorization": f"Bearer {state['admin_key']}"}
-        async with httpx.AsyncClient(base_url=state["api_url"], headers=headers, timeout=10) as client:
-            await wait_for(lambda: _ready(client), timeout=60, what="API ready")
-            job = {
-                "name": "traced",
-                "schedule": "* * * * * *",
-                "executor": {"type": "shell", "command": "echo hi"},
-            }
+        async with (
+            running_up_async(
+                tmp_path / "data", OTEL_EXPORTER_OTLP_ENDPOINT=endpoint, OTEL_BSP_SCHEDULE_DELAY="200"
+            ) as state,
+            httpx.AsyncClient(
+                base_url=state["api_url"],
+                headers={"Authorization": f"Bearer {state['admin_key']}"},
+                timeout=10,
+            ) as client,
+        ):
             assert (await client.post("/v1/jobs", json=job)).status_code == 201
             found = await wait_for(
                 lambda: chains(receiver.spans), timeout=60, what="a dispatch-run-projection chain"
             )
-
             # The run's answer names its trace: the trace of a runner span at the receiver.
             job_id = (await client.get("/v1/jobs")).json()["items"][0]["id"]
             runs = (await client.get(f"/v1/jobs/{job_id}/runs")).json()["items"]
@@ -146,26 +128,15 @@ async def test_one_run_is_one_chain_of_spans_at_an_otlp_receiver(tmp_path: Path)
                 timeout=30,
                 what="the run's trace at the receiver",
             )
-        dispatch, _, projection = found[0]
-        assert dispatch.name == "scheduler.dispatch" and projection.name.startswith("logs.project")
-        # One run, one trace: every dispatch starts a trace of its own.
-        dispatches = [s for s in receiver.spans if s.name == "scheduler.dispatch"]
-        assert len({s.trace_id for s in dispatches}) == len(dispatches) and all(
-            not s.parent_id for s in dispatches
-        )
-        assert {s.service for s in receiver.spans} >= {"cronbus-scheduler", "cronbus-runner", "cronbus-logs"}
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        await asyncio.wait_for(proc.wait(), timeout=60)
-        log.close()
         server.close()
-
-
-async def _ready(client: httpx.AsyncClient) -> bool:
-    try:
-        return (await client.get("/readyz")).status_code == 200
-    except httpx.HTTPError:
-        return False
+    dispatch, _, projection = found[0]
+    assert dispatch.name == "scheduler.dispatch" and projection.name.startswith("logs.project")
+    # One run, one trace: every dispatch starts a trace of its own.
+    dispatches = [s for s in receiver.spans if s.name == "scheduler.dispatch"]
+    assert len({s.trace_id for s in dispatches}) == len(dispatches)
+    assert all(not s.parent_id for s in dispatches)
+    assert {s.service for s in receiver.spans} >= {"cronbus-scheduler", "cronbus-runner", "cronbus-logs"}
 
 
 def test_otlp_follows_the_standard_variables() -> None:
