@@ -3,23 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import nats
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
     DiscardPolicy,
     KeyValueConfig,
     RetentionPolicy,
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BucketNotFoundError, NotFoundError
+from nats.js.errors import BucketNotFoundError, FetchTimeoutError, NotFoundError
 from nats.js.kv import KeyValue
 
+from cronbus.shared.names import Names
 from cronbus.shared.runtime import until_done
 from cronbus.shared.settings import Settings
 
@@ -179,6 +185,59 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> None:
                 raise
             log.info("bootstrap retry after %s", exc)
             await asyncio.sleep(0.2 * (attempt + 1))
+
+
+async def dispatch_msg_ids(
+    js: JetStreamContext,
+    names: Names,
+    *,
+    since: datetime,
+    subject: str | None = None,
+    timeout: float = 10.0,
+    batch: int = 1000,
+) -> set[str]:
+    """The `Nats-Msg-Id` of every DISPATCH message on `subject` (default: every dispatch)
+    stored at or after `since` (server time): headers only, through one ephemeral in-memory
+    consumer that is deleted afterwards, all within `timeout` (TimeoutError otherwise)."""
+    config = ConsumerConfig(
+        deliver_policy=DeliverPolicy.BY_START_TIME,
+        opt_start_time=since,
+        ack_policy=AckPolicy.NONE,
+        headers_only=True,
+        inactive_threshold=30.0,
+        mem_storage=True,
+    )
+    subject = subject or names.dispatch_all
+    sub = await js.pull_subscribe(subject, stream=names.dispatch_stream, config=config)
+    seen: set[str] = set()
+    consumer = ""
+    try:
+        info = await sub.consumer_info()
+        consumer = info.name
+        remaining = info.num_pending or 0
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while remaining > 0:
+            if loop.time() > deadline:
+                raise TimeoutError(
+                    f"read {len(seen)} DISPATCH messages on {subject} since {since}, {remaining} left"
+                )
+            try:
+                msgs = await sub.fetch(min(batch, remaining), timeout=max(0.1, deadline - loop.time()))
+            except FetchTimeoutError:
+                continue
+            for msg in msgs:
+                remaining -= 1
+                msg_id = (msg.headers or {}).get(MSG_ID)
+                if msg_id:
+                    seen.add(msg_id)
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+        if consumer:
+            with contextlib.suppress(Exception):
+                await js.delete_consumer(names.dispatch_stream, consumer)
+    return seen
 
 
 @dataclass(slots=True)

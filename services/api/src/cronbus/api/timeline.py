@@ -5,18 +5,16 @@ the SQL history (runs) is read through History.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from datetime import datetime, timedelta
 
 import msgspec
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import BucketNotFoundError, FetchTimeoutError, KeyNotFoundError, NotFoundError
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
 
 from cronbus.api.domain import Interval
 from cronbus.api.schemas import LeaderGap
-from cronbus.shared.bus import MSG_ID, Bus
+from cronbus.shared.bus import Bus, dispatch_msg_ids
 from cronbus.shared.events import (
     JobCreated,
     JobDeleted,
@@ -49,44 +47,13 @@ class Timeline:
     async def dispatched(self, job_id: str, since: datetime) -> set[str]:
         """The `Nats-Msg-Id`s of the job's DISPATCH messages stored since a little before
         `since` (any pool: the job may have moved). Headers only; bounded by `timeout`."""
-        config = ConsumerConfig(
-            deliver_policy=DeliverPolicy.BY_START_TIME,
-            opt_start_time=since - _PUBLISH_MARGIN,
-            ack_policy=AckPolicy.NONE,
-            headers_only=True,
-            inactive_threshold=30.0,
-            mem_storage=True,
+        return await dispatch_msg_ids(
+            self.bus.js,
+            self.names,
+            since=since - _PUBLISH_MARGIN,
+            subject=f"{self.names.prefix}.dispatch.*.{job_id}",
+            timeout=self.timeout,
         )
-        js = self.bus.js
-        subject = f"{self.names.prefix}.dispatch.*.{job_id}"
-        sub = await js.pull_subscribe(subject, stream=self.names.dispatch_stream, config=config)
-        seen: set[str] = set()
-        consumer = ""
-        try:
-            info = await sub.consumer_info()
-            consumer = info.name
-            remaining = info.num_pending or 0
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + self.timeout
-            while remaining > 0:
-                if loop.time() > deadline:
-                    raise TimeoutError(f"read {len(seen)} dispatches of job {job_id}, {remaining} left")
-                try:
-                    msgs = await sub.fetch(min(1000, remaining), timeout=max(0.1, deadline - loop.time()))
-                except FetchTimeoutError:
-                    continue
-                for msg in msgs:
-                    remaining -= 1
-                    msg_id = (msg.headers or {}).get(MSG_ID)
-                    if msg_id:
-                        seen.add(msg_id)
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
-            if consumer:
-                with contextlib.suppress(Exception):
-                    await js.delete_consumer(self.names.dispatch_stream, consumer)
-        return seen
 
     async def job_events(self, job_id: str) -> list[JobEvents]:
         """The job's events on JOBS, in order."""
