@@ -21,10 +21,20 @@ from pathlib import Path
 import httpx
 
 from tests.bench.common import Figure
-from tests.bench.seed import Receiver, cronbus_up
+from tests.bench.seed import Receiver, create_jobs, cronbus_up
 
 TARGET = 1700.0
 WARMUP = 15.0
+
+
+def job_body(i: int, url: str) -> dict[str, object]:
+    return {
+        "name": f"e2e-{i}",
+        "schedule": "@every 1s",
+        "executor": {"type": "http", "method": "POST", "url": f"{url}/hit/{i}"},
+        "timeout": "10s",
+        "catchup": {"policy": "skip"},
+    }
 
 
 def finished_runs(db: Path) -> int:
@@ -41,19 +51,7 @@ async def run(jobs: int, seconds: float) -> list[Figure]:
         async with cronbus_up(workdir / "data", workdir / "up.log") as state:
             headers = {"Authorization": f"Bearer {state['admin_key']}"}
             async with httpx.AsyncClient(base_url=state["api_url"], headers=headers, timeout=120) as client:
-                for start in range(0, jobs, 1000):
-                    batch = [
-                        {
-                            "name": f"e2e-{i}",
-                            "schedule": "@every 1s",
-                            "executor": {"type": "http", "method": "POST", "url": f"{url}/hit/{i}"},
-                            "timeout": "10s",
-                            "catchup": {"policy": "skip"},
-                        }
-                        for i in range(start, min(jobs, start + 1000))
-                    ]
-                    answer = await client.post("/v1/jobs", json=batch)
-                    answer.raise_for_status()
+                await create_jobs(client, jobs, lambda i: job_body(i, url))
             db = workdir / "data" / "cronbus.db"
             await asyncio.sleep(WARMUP)  # the benchmark observes a fixed window, nothing else
             calls0, rows0, t0 = _calls(receiver), await asyncio.to_thread(finished_runs, db), time.monotonic()

@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -110,11 +110,13 @@ def job_body(i: int, url: str) -> dict[str, object]:
     }
 
 
-async def create_jobs(client: httpx.AsyncClient, n: int, url: str) -> list[float]:
-    """Create jobs 0..n-1 in batches; returns each job's first slot (epoch seconds), by index."""
+async def create_jobs(
+    client: httpx.AsyncClient, n: int, body: Callable[[int], dict[str, object]]
+) -> list[float]:
+    """Create jobs `body(0)`..`body(n-1)` in batches; each job's first slot (epoch seconds)."""
     first: list[float] = [0.0] * n
     for start in range(0, n, BATCH):
-        batch = [job_body(i, url) for i in range(start, min(n, start + BATCH))]
+        batch = [body(i) for i in range(start, min(n, start + BATCH))]
         answer = await client.post("/v1/jobs", json=batch)
         if answer.status_code != 201:
             raise RuntimeError(f"batch at {start}: {answer.status_code} {answer.text[:500]}")
@@ -169,7 +171,7 @@ async def run(jobs: int, minutes: float) -> list[Figure]:
             headers = {"Authorization": f"Bearer {state['admin_key']}"}
             async with httpx.AsyncClient(base_url=state["api_url"], headers=headers, timeout=120) as client:
                 began = time.monotonic()
-                first_slots = await create_jobs(client, jobs, url)
+                first_slots = await create_jobs(client, jobs, lambda i: job_body(i, url))
                 creation = time.monotonic() - began
             start = time.time()
             end = start + minutes * 60

@@ -282,10 +282,7 @@ class _Check:
             compared += len(page)
             keys = [row["id"] for row in page]
             async with self._sql(repair) as conn:
-                stmt = select(jobs).where(jobs.c.id.in_(keys))
-                if repair and conn.dialect.name == "postgresql":
-                    stmt = stmt.with_for_update()
-                current = {r["id"]: r for r in (dict(m._mapping) for m in await conn.execute(stmt))}
+                current = await _rows_by_id(conn, jobs, keys, lock=repair)
                 fix = []
                 for want in page:
                     have = current.get(want["id"])
@@ -328,10 +325,7 @@ class _Check:
                 }
             page = [_as_runs_say(row, by_runs.get(row["id"])) for row in projected]
             async with self._sql(repair) as conn:
-                stmt = select(runs).where(runs.c.id.in_(keys))
-                if repair and conn.dialect.name == "postgresql":
-                    stmt = stmt.with_for_update()
-                current = {r["id"]: r for r in (dict(m._mapping) for m in await conn.execute(stmt))}
+                current = await _rows_by_id(conn, runs, keys, lock=repair)
                 fix = []
                 for want in page:
                     have = current.get(want["id"])
@@ -449,6 +443,17 @@ def _show(row: dict[str, Any], fields: Sequence[str]) -> str:
 async def _replace(conn: AsyncConnection, table: Table, key: Any, rows: list[dict[str, Any]]) -> None:
     await conn.execute(delete(table).where(key.in_([r[key.name] for r in rows])))
     await conn.execute(insert(table), rows)
+
+
+async def _rows_by_id(
+    conn: AsyncConnection, table: Table, keys: list[Any], *, lock: bool
+) -> dict[Any, dict[str, Any]]:
+    """The rows of `table` with these ids, by id; locked for update on PostgreSQL when `lock`
+    (a repair rewrites them in the same transaction)."""
+    stmt = select(table).where(table.c.id.in_(keys))
+    if lock and conn.dialect.name == "postgresql":
+        stmt = stmt.with_for_update()
+    return {r["id"]: r for r in (dict(m._mapping) for m in await conn.execute(stmt))}
 
 
 async def _pages(engine: AsyncEngine, table: Table) -> AsyncIterator[list[dict[str, Any]]]:
