@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from datetime import UTC, datetime
-from typing import Any, Literal, NamedTuple, TypeAlias
+from typing import Any, Final, Literal, NamedTuple, TypeAlias
 
 import msgspec
 
@@ -260,6 +260,18 @@ class LogChunk(RunEvent, kw_only=True, tag="log.chunk"):
     data: bytes = b""
 
 
+class OutputPart(msgspec.Struct, kw_only=True, array_like=True):
+    """One chunk of an attempt's output carried inside its `run.finished` (see `output`)."""
+
+    seq: int
+    stream: OutputStream = "stdout"
+    data: bytes = b""
+
+
+# The most output a `run.finished` carries inline; more goes to the LOGS stream.
+INLINE_OUTPUT_LIMIT: Final = 16 * 1024
+
+
 class RunFinished(RunEvent, kw_only=True, tag="run.finished"):
     status: RunStatus
     runner: str = ""
@@ -276,6 +288,10 @@ class RunFinished(RunEvent, kw_only=True, tag="run.finished"):
     # A `lost` attempt its runner gave back on a graceful stop: not the job's failure, so it
     # does not count against `retries.max_attempts`.
     handed_back: bool = False
+    # The attempt's whole output, when it was short and none of it went to the LOGS stream
+    # (a typical HTTP call or quick command): one event instead of a `log.chunk` and a
+    # `run.finished`. An attempt's output is either all here or all on LOGS, never split.
+    output: list[OutputPart] = []
 
 
 class AuditRecorded(Event, kw_only=True, tag="audit.recorded"):
