@@ -16,6 +16,7 @@ from cronbus.api.journal import Journal
 from cronbus.shared.bus import MSG_ID
 from cronbus.shared.events import (
     LogChunk,
+    OutputPart,
     RunDispatched,
     RunFinished,
     RunStarted,
@@ -249,6 +250,40 @@ async def test_live_log_replays_then_follows_until_the_run_finishes(lite_api: Ap
     assert [line for line in lines if line] == ["before", "live", "last"]
     assert events[-1] == "end"
     assert events.count("stdout") == 3
+
+
+async def test_live_log_hands_over_output_carried_inline_in_run_finished(lite_api: Api) -> None:
+    """Attempt 1 wrote to LOGS and failed; attempt 2 was short and carried its output in its
+    run.finished. The tail gives both, in attempt order, with attempt:seq ids, then ends."""
+    api = lite_api
+    names = api.settings.names
+    job_id, run_id = str(uuid.uuid4()), str(uuid.uuid4())
+    ids = {"run_id": run_id, "job_id": job_id, "slot": T0}
+    subject = names.run_subject(job_id, run_id)
+    await api.bus.js.publish(subject, encode(RunStarted(**ids, runner="runner-1")))
+    await api.bus.js.publish(names.log_subject(run_id), encode(LogChunk(**ids, seq=0, data=b"first try\n")))
+    await api.bus.js.publish(subject, encode(RunFinished(**ids, status="failed", final=False)))
+    await api.bus.js.publish(subject, encode(RunStarted(**ids, attempt=2, runner="runner-1")))
+    inline = [OutputPart(seq=0, data=b"second\n"), OutputPart(seq=1, stream="stderr", data=b"warn\n")]
+    last = RunFinished(**ids, attempt=2, status="succeeded", output=inline)
+    await api.bus.js.publish(subject, encode(last))
+
+    async def read() -> list[str]:
+        lines: list[str] = []
+        async with api.client.stream("GET", f"/v1/runs/{run_id}/log/stream", headers=api.auth()) as response:
+            assert response.status_code == 200
+            async for line in response.aiter_lines():
+                if line.startswith(("data: ", "event: ", "id: ")) and line.strip() not in ("data:",):
+                    lines.append(line)
+        return lines
+
+    lines = await asyncio.wait_for(read(), timeout=10)
+    assert [line for line in lines if not line.startswith("event: end")] == [
+        "id: 1:0", "event: stdout", "data: first try",
+        "id: 2:0", "event: stdout", "data: second",
+        "id: 2:1", "event: stderr", "data: warn",
+    ]  # fmt: skip
+    assert lines[-1] == "event: end"
 
 
 LONG: dict[str, Any] = {

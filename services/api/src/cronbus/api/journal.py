@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import msgspec
+from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
@@ -25,6 +26,7 @@ from cronbus.shared.events import (
     JobEvent,
     LogChunk,
     MalformedEvent,
+    OutputPart,
     RunDispatched,
     RunEvents,
     RunFinished,
@@ -251,7 +253,8 @@ class Journal:
         return out
 
     async def tail(self, run_id: str, *, idle_timeout: float) -> AsyncIterator[LogChunk | None]:
-        """The run's output chunks from the LOGS stream, replayed then live.
+        """The run's output, replayed then live: the chunks on the LOGS stream, and the output a
+        short attempt carried inline in its `run.finished` (as chunks of that attempt).
 
         Yields None when nothing arrived for `idle_timeout` seconds (a chance to send a
         keep-alive or give up). Stops after the run's final RunFinished once the output
@@ -273,7 +276,15 @@ class Journal:
         try:
             while True:
                 if not finished:
-                    finished = await self._drain_finished(events)
+                    inline, finished = await self._drain_finished(events)
+                    if inline:
+                        # An attempt's inline output comes after every LOGS chunk stored
+                        # before its end (earlier attempts'): hand over those received so far.
+                        while (msg := await _next_now(logs)) is not None:
+                            if (chunk := _log_chunk(run_id, msg)) is not None:
+                                yield chunk
+                        for chunk in inline:
+                            yield chunk
                 try:
                     msg = await logs.next_msg(timeout=idle_timeout)
                 except NatsTimeout:
@@ -281,10 +292,8 @@ class Journal:
                         return
                     yield None
                     continue
-                try:
-                    yield decode_log_chunk(msg.data)
-                except MalformedEvent as exc:
-                    log.warning("skipping malformed log chunk of run %s: %s", run_id, exc)
+                if (chunk := _log_chunk(run_id, msg)) is not None:
+                    yield chunk
                 if finished and msg.metadata.num_pending == 0:
                     return
         finally:
@@ -292,16 +301,42 @@ class Journal:
             await events.unsubscribe()
 
     @staticmethod
-    async def _drain_finished(events: JetStreamContext.PushSubscription) -> bool:
-        """Whether a final RunFinished is among the run events received so far."""
-        while True:
-            try:
-                msg = await events.next_msg(timeout=0.001)
-            except NatsTimeout:
-                return False
+    async def _drain_finished(events: JetStreamContext.PushSubscription) -> tuple[list[LogChunk], bool]:
+        """The inline output of the run events received so far, and whether a final
+        RunFinished is among them."""
+        inline: list[LogChunk] = []
+        while (msg := await _next_now(events)) is not None:
             try:
                 event = decode_run_event(msg.data)
             except MalformedEvent:
                 continue
-            if isinstance(event, RunFinished) and event.final:
-                return True
+            if not isinstance(event, RunFinished):
+                continue
+            inline.extend(_inline_chunk(event, part) for part in event.output)
+            if event.final:
+                return inline, True
+        return inline, False
+
+
+async def _next_now(sub: JetStreamContext.PushSubscription) -> Msg | None:
+    """The next message already received on `sub`, or None without waiting for one."""
+    try:
+        return await sub.next_msg(timeout=0.001)
+    except NatsTimeout:
+        return None
+
+
+def _inline_chunk(event: RunFinished, part: OutputPart) -> LogChunk:
+    """A part of the output `event` carries, as the chunk it would have been on LOGS."""
+    return LogChunk(
+        run_id=event.run_id, job_id=event.job_id, slot=event.slot, attempt=event.attempt,
+        seq=part.seq, stream=part.stream, data=part.data, occurred_at=event.occurred_at,
+    )  # fmt: skip
+
+
+def _log_chunk(run_id: str, msg: Msg) -> LogChunk | None:
+    try:
+        return decode_log_chunk(msg.data)
+    except MalformedEvent as exc:
+        log.warning("skipping malformed log chunk of run %s: %s", run_id, exc)
+        return None
