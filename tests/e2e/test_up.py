@@ -14,6 +14,7 @@ import httpx
 import psutil
 import pytest
 
+from cronbus.shared.up import HISTORY_NICENESS
 from tests.support import wait_for
 
 pytestmark = pytest.mark.slow
@@ -96,6 +97,11 @@ async def test_up_runs_jobs_and_keeps_them_across_restart(tmp_path: Path) -> Non
         key = state["admin_key"]
         nats_pids = [p.pid for p in up.children() if "nats-server" in p.name()]
         assert len(nats_pids) == 1, "up starts exactly one nats-server of its own"
+        # The history yields the cores to dispatch and runs when they are short.
+        own = psutil.Process(up.proc.pid).nice()
+        services = {p.cmdline()[-1]: p.nice() for p in up.children() if "cronbus.shared.cli" in p.cmdline()}
+        assert services.pop("logs") == own + HISTORY_NICENESS
+        assert services and set(services) == {"runner"} and set(services.values()) == {own}
 
         headers = {"Authorization": f"Bearer {key}"}
         async with httpx.AsyncClient(base_url=state["api_url"], headers=headers, timeout=10) as client:

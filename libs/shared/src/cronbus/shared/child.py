@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import signal
@@ -38,8 +39,13 @@ class ChildFailed(RuntimeError):
 class ChildService:
     """One `cronbus <service>` child process with `settings`; restarted if it dies while serving."""
 
-    def __init__(self, service: str, settings: Settings, *, restart_backoff: float = 1.0) -> None:
+    def __init__(
+        self, service: str, settings: Settings, *, restart_backoff: float = 1.0, niceness: int = 0
+    ) -> None:
         self.service = service
+        # Added to the child's nice value: work that may lag (the history) yields the cores to
+        # work that must be on time (dispatch, runs) when they are short.
+        self.niceness = niceness
         self.settings = settings
         self.name = f"{service}[{settings.instance_id}]"
         self.ready = asyncio.Event()
@@ -78,7 +84,7 @@ class ChildService:
                 stdin=asyncio.subprocess.DEVNULL,
                 # Out of the terminal's process group: Ctrl-C reaches the parent, which stops us.
                 start_new_session=True,
-                preexec_fn=die_with_parent if sys.platform == "linux" else None,
+                preexec_fn=functools.partial(_prepare_child, self.niceness),
             )  # fmt: skip
         finally:
             os.close(write_fd)
@@ -118,6 +124,14 @@ class ChildService:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             await proc.wait()
+
+
+def _prepare_child(niceness: int) -> None:  # pragma: no cover - runs between fork and exec
+    if sys.platform == "linux":
+        die_with_parent()
+    if niceness:
+        with contextlib.suppress(OSError):
+            os.nice(niceness)
 
 
 async def _read_ready(fd: int) -> bool:

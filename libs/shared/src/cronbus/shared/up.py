@@ -101,6 +101,11 @@ async def run_up(settings: Settings, stopping: asyncio.Event | None = None) -> N
         await runner
 
 
+# The logs service's nice value under `up`: when the cores are short, dispatch and runs keep
+# their time and the history falls behind for a while instead (it catches up when they idle).
+HISTORY_NICENESS = 5
+
+
 def local_services(settings: Settings) -> list[Service]:
     """Every service of one machine, the API last.
 
@@ -116,7 +121,9 @@ def local_services(settings: Settings) -> list[Service]:
         for child in instances("runner", replace(settings, processes=1, metrics_port=0), settings.processes)
     ]
     logs = ChildService(
-        "logs", replace(settings, instance_id=f"{settings.instance_id}-logs", metrics_port=free_port())
+        "logs",
+        replace(settings, instance_id=f"{settings.instance_id}-logs", metrics_port=free_port()),
+        niceness=HISTORY_NICENESS,
     )
     return [create_service("scheduler", settings), logs, *runners, create_service("api", settings)]
 
