@@ -11,6 +11,10 @@ NULL means "no news". A batch is then written table by table, rows sorted by run
 executemany rounds with at most one row per key. Sorted, single-pass writes also mean the
 DISPATCH and RUNS projectors, which write the same `runs` rows, take row locks in the same
 order and cannot deadlock on PostgreSQL.
+
+Output reaches `log_chunks` from two events: `log.chunk` (LOGS) and, for a short attempt,
+the parts `run.finished` (RUNS) carries inline. Both become the same insert-if-absent rows,
+and only the rows actually inserted add to `output_sizes`, so a redelivery adds nothing.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from cronbus.shared.events import (
     JobResumed,
     JobUpdated,
     LogChunk,
+    OutputPart,
     RunDispatched,
     RunFinished,
     RunStarted,
@@ -375,18 +380,27 @@ def _run_rows(events: Iterable[AnyEvent]) -> dict[str, list[_Row]]:
                         _Row((event.run_id, event.attempt), _attempts_values(event))
                     )
             case LogChunk():
-                values = {
-                    "run_id": event.run_id,
-                    "attempt": event.attempt,
-                    "seq": event.seq,
-                    "stream": event.stream,
-                    "data": event.data,
-                    "at": event.occurred_at,
-                }
-                out[log_chunks.name].append(_Row((event.run_id, event.attempt, event.seq), values))
+                out[log_chunks.name].append(_chunk_row(event, event))
+        if isinstance(event, RunFinished):
+            # A short attempt's whole output rides on its run.finished: the same rows as the
+            # log.chunk events it replaces.
+            out[log_chunks.name].extend(_chunk_row(event, part) for part in event.output)
     for rows in out.values():
         rows.sort(key=lambda row: row.key)
     return out
+
+
+def _chunk_row(event: LogChunk | RunFinished, part: LogChunk | OutputPart) -> _Row:
+    """The `log_chunks` row of one piece of an attempt's output."""
+    values = {
+        "run_id": event.run_id,
+        "attempt": event.attempt,
+        "seq": part.seq,
+        "stream": part.stream,
+        "data": part.data,
+        "at": event.occurred_at,
+    }
+    return _Row((event.run_id, event.attempt, part.seq), values)
 
 
 def _rounds(rows: list[_Row]) -> Iterable[list[dict[str, Any]]]:
