@@ -9,7 +9,7 @@ import signal
 import subprocess
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -105,11 +105,39 @@ async def final_outcome(
     return result
 
 
+@dataclass(frozen=True)
+class Part:
+    """A piece of an attempt's output, wherever it was stored."""
+
+    attempt: int
+    seq: int
+    stream: str
+    data: bytes
+    inline: bool
+
+
+async def output_parts(
+    js: JetStreamContext, settings: Settings, run_id: str, attempt: int | None = None
+) -> list[Part]:
+    """A run's output in order: LOGS chunks, or the parts inline in each attempt's RunFinished.
+
+    Fails when an attempt has output in both places (it must be all in one)."""
+    parts = [
+        Part(c.attempt, c.seq, c.stream, c.data, inline=False) for c in await log_chunks(js, settings, run_id)
+    ]
+    on_logs = {p.attempt for p in parts}
+    for event in await run_events(js, settings, run_id):
+        if isinstance(event, RunFinished) and event.output:
+            assert event.attempt not in on_logs, f"attempt {event.attempt}'s output is split"
+            parts.extend(Part(event.attempt, p.seq, p.stream, p.data, inline=True) for p in event.output)
+    chosen = [p for p in parts if attempt is None or p.attempt == attempt]
+    return sorted(chosen, key=lambda p: (p.attempt, p.seq))
+
+
 async def output_of(
     js: JetStreamContext, settings: Settings, run_id: str, attempt: int | None = None
 ) -> bytes:
-    chunks = [c for c in await log_chunks(js, settings, run_id) if attempt is None or c.attempt == attempt]
-    return b"".join(c.data for c in sorted(chunks, key=lambda c: (c.attempt, c.seq)))
+    return b"".join(p.data for p in await output_parts(js, settings, run_id, attempt))
 
 
 class InProcessRunner:

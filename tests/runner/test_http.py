@@ -212,6 +212,8 @@ async def test_secret_header_values_are_masked_in_the_response_body(settings: Se
             assert result.status == "succeeded"
             output = await output_of(bus.js, settings, d.run_id)
             assert output == f"HTTP 200 OK from GET {server.url}/cookie\n".encode() + b"***"
+            # A short call's output rides in its outcome: the status line, then the body.
+            assert [p.stream for p in result.output] == ["system", "stdout"]
     finally:
         await bus.close()
 

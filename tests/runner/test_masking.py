@@ -10,7 +10,7 @@ from cronbus.runner.output import Chunker
 from cronbus.shared.bus import Bus
 from cronbus.shared.events import ShellExecutor
 from cronbus.shared.settings import Settings
-from tests.runner.support import dispatch, final_outcome, log_chunks, output_of, running
+from tests.runner.support import dispatch, final_outcome, output_of, output_parts, running
 
 SECRETS = ["hunter2-secret", "hunter2", "tok-ABCDEF"]
 
@@ -103,14 +103,14 @@ async def test_a_shell_runs_secret_env_values_are_masked_in_its_output(settings:
             )
             result = await final_outcome(bus.js, settings, simple.run_id)
             assert result.status == "succeeded"
-            chunks = await log_chunks(bus.js, settings, simple.run_id)
+            chunks = await output_parts(bus.js, settings, simple.run_id)
             stdout = b"".join(c.data for c in chunks if c.stream == "stdout")
             stderr = b"".join(c.data for c in chunks if c.stream == "stderr")
             assert (stdout, stderr) == (b"password is ***\nuser cron-user\n", b"***\n")
 
             result = await final_outcome(bus.js, settings, split.run_id)
             assert result.status == "succeeded"
-            chunks = await log_chunks(bus.js, settings, split.run_id)
+            chunks = await output_parts(bus.js, settings, split.run_id)
             assert b"".join(c.data for c in chunks) == b"key=*** end\n"
             assert all(secret[:5].encode() not in c.data for c in chunks)
             assert await output_of(bus.js, settings, split.run_id) == b"key=*** end\n"

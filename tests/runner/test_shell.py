@@ -10,9 +10,17 @@ import psutil
 
 from cronbus.runner.output import truncation_marker
 from cronbus.shared.bus import Bus
-from cronbus.shared.events import RunFinished, RunStarted, ShellExecutor
+from cronbus.shared.events import INLINE_OUTPUT_LIMIT, RunFinished, RunStarted, ShellExecutor
 from cronbus.shared.settings import Settings
-from tests.runner.support import dispatch, final_outcome, log_chunks, output_of, run_events, running
+from tests.runner.support import (
+    dispatch,
+    final_outcome,
+    log_chunks,
+    output_of,
+    output_parts,
+    run_events,
+    running,
+)
 from tests.support import wait_for
 
 
@@ -36,7 +44,9 @@ async def test_a_shell_run_reports_started_output_and_finished_then_is_acked(set
             assert isinstance(started, RunStarted)
             assert (started.job_id, started.slot, started.attempt) == (d.job_id, d.slot, 1)
             assert started.pid is not None
-            chunks = await log_chunks(bus.js, settings, d.run_id)
+            # Short output of a short run: inline in its RunFinished, nothing on LOGS.
+            assert await log_chunks(bus.js, settings, d.run_id) == []
+            chunks = finished.output
             assert [c.seq for c in chunks] == list(range(len(chunks)))
             assert b"".join(c.data for c in chunks if c.stream == "stdout") == b"hello\nhi\n"
             assert b"".join(c.data for c in chunks if c.stream == "stderr") == b"oops\n"
@@ -92,7 +102,8 @@ async def test_output_is_capped_with_a_marker_and_binary_bytes_survive(settings:
             assert result.status == "succeeded"
             assert result.truncated
             assert result.output_bytes == 50_000_000 + len(b"done\n")
-            chunks = await log_chunks(bus.js, settings, big.run_id)
+            chunks = await output_parts(bus.js, settings, big.run_id)
+            assert not any(c.inline for c in chunks)
             kept = sum(len(c.data) for c in chunks if c.stream != "system")
             assert kept == cap
             assert [c.data for c in chunks if c.stream == "system"] == [truncation_marker(cap)]
@@ -101,6 +112,58 @@ async def test_output_is_capped_with_a_marker_and_binary_bytes_survive(settings:
             result = await final_outcome(bus.js, settings, binary.run_id)
             assert result.status == "succeeded"
             assert await output_of(bus.js, settings, binary.run_id) == b"\xff\xfe\x00\x80ok"
+    finally:
+        await bus.close()
+
+
+async def test_short_output_goes_inline_in_the_outcome_and_longer_or_later_output_to_logs(
+    settings: Settings,
+):
+    bus = await Bus.open(settings, "test")
+    try:
+        async with running(settings):
+            at_limit = await dispatch(
+                bus.js, settings, ShellExecutor(command=f"head -c {INLINE_OUTPUT_LIMIT} /dev/zero")
+            )
+            over = await dispatch(
+                bus.js, settings, ShellExecutor(command=f"head -c {INLINE_OUTPUT_LIMIT + 1} /dev/zero")
+            )
+            # Published once the first flush is due, long before the run ends: all of it on LOGS.
+            late = await dispatch(bus.js, settings, ShellExecutor(command="echo early; sleep 0.5; echo late"))
+
+            result = await final_outcome(bus.js, settings, at_limit.run_id)
+            assert await log_chunks(bus.js, settings, at_limit.run_id) == []
+            assert [(p.seq, p.stream) for p in result.output] == [(0, "stdout")]
+            assert result.output[0].data == bytes(INLINE_OUTPUT_LIMIT)
+            assert result.output_bytes == INLINE_OUTPUT_LIMIT
+
+            result = await final_outcome(bus.js, settings, over.run_id)
+            assert result.output == []
+            assert result.output_bytes == INLINE_OUTPUT_LIMIT + 1
+            assert await output_of(bus.js, settings, over.run_id) == bytes(INLINE_OUTPUT_LIMIT + 1)
+
+            result = await final_outcome(bus.js, settings, late.run_id)
+            assert result.output == []
+            chunks = await log_chunks(bus.js, settings, late.run_id)
+            assert [c.seq for c in chunks] == list(range(len(chunks)))
+            assert b"".join(c.data for c in chunks) == b"early\nlate\n"
+    finally:
+        await bus.close()
+
+
+async def test_an_inline_output_keeps_the_cap_and_its_marker(settings: Settings):
+    bus = await Bus.open(settings, "test")
+    try:
+        async with running(settings, output_cap=10):
+            d = await dispatch(bus.js, settings, ShellExecutor(command="echo 0123456789abcdef"))
+            result = await final_outcome(bus.js, settings, d.run_id)
+            assert result.truncated
+            assert result.output_bytes == 17
+            assert [(p.stream, p.data) for p in result.output] == [
+                ("stdout", b"0123456789"),
+                ("system", truncation_marker(10)),
+            ]
+            assert await log_chunks(bus.js, settings, d.run_id) == []
     finally:
         await bus.close()
 

@@ -6,6 +6,11 @@ drives it: it publishes as soon as `chunk_size` bytes are pending, and otherwise
 run began or after the last publish. So a quiet job's lines appear within `interval`, a chatty
 job's output is batched, and a run that ends within `interval` (a typical HTTP call)
 publishes all its output once, at the end. The chunks of one publish go out pipelined.
+
+An attempt that ends before any of its output was published, with at most `inline_limit`
+bytes of it left, publishes none: `LiveOutput.inline` holds its chunks for the attempt's
+`run.finished` (one event instead of a chunk and an outcome). So an attempt's output is
+either all inline or all on LOGS, never split.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from cronbus.runner.masking import Masker
-from cronbus.shared.events import OutputStream
+from cronbus.shared.events import INLINE_OUTPUT_LIMIT, OutputStream
 
 log = logging.getLogger(__name__)
 
@@ -136,10 +141,16 @@ class LiveOutput:
         chunker: Chunker,
         *,
         interval: float = DEFAULT_FLUSH_INTERVAL,
+        inline_limit: int = INLINE_OUTPUT_LIMIT,
     ) -> None:
         self._publish = publish
         self.chunker = chunker
         self._interval = interval
+        self._inline_limit = inline_limit
+        # Set before the first publish is tried: a failed one may still have stored chunks.
+        self.published = False
+        # After `close()`: the whole output, when it goes inline instead of to LOGS.
+        self.inline: list[Chunk] | None = None
         self._lock = asyncio.Lock()
         self._last_flush = 0.0
         self._timer: asyncio.TimerHandle | None = None
@@ -151,8 +162,9 @@ class LiveOutput:
         self._last_flush = asyncio.get_running_loop().time()
         return self
 
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
+    async def __aexit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
+        # An attempt that broke off has no `run.finished` of this runner to carry its output.
+        await self.close(inline=exc_type is None)
 
     async def write(self, stream: OutputStream, data: bytes) -> None:
         """Job output. Awaits a publish when a chunk is full, which slows a fast writer down."""
@@ -170,11 +182,13 @@ class LiveOutput:
         async with self._lock:
             chunks = self.chunker.take()
             if chunks:
+                self.published = True
                 await self._publish(chunks)
             self._last_flush = asyncio.get_running_loop().time()
 
-    async def close(self) -> None:
-        """Stop the timer and publish what is left (never raises: the run's outcome comes next)."""
+    async def close(self, *, inline: bool = True) -> None:
+        """Stop the timer and publish what is left, or keep it in `inline` when nothing was
+        published and it is small enough (never raises: the run's outcome comes next)."""
         self._closed = True
         if self._timer is not None:
             self._timer.cancel()
@@ -183,6 +197,9 @@ class LiveOutput:
             # Let a flush under way finish (its publisher is bounded), so no chunk is lost.
             await asyncio.wait({self._timed_flush})
         self.chunker.finish()
+        if inline and not self.published and self.chunker.pending_bytes <= self._inline_limit:
+            self.inline = self.chunker.take()
+            return
         try:
             await self.flush()
         except Exception:

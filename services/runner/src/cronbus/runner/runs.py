@@ -35,6 +35,7 @@ from cronbus.shared.events import (
     Event,
     LogChunk,
     MalformedEvent,
+    OutputPart,
     RunDispatched,
     RunEvents,
     RunFinished,
@@ -478,6 +479,7 @@ class RunHandler:
             outcome = await execution.execute(control)
         duration_ms = (time.monotonic() - began) * 1000.0
         chunker = output.chunker
+        inline = output.inline or ()
         common: dict[str, Any] = {
             "exit_code": outcome.exit_code,
             "duration_ms": duration_ms,
@@ -485,6 +487,7 @@ class RunHandler:
             "peak_rss_bytes": outcome.peak_rss_bytes,
             "output_bytes": chunker.total_bytes,
             "truncated": chunker.truncated,
+            "output": [OutputPart(seq=c.seq, stream=c.stream, data=c.data) for c in inline],
         }
         if control.reason == "handed_back" and outcome.status == "cancelled":
             # Ended by the hand-back, not by the job: the next delivery (another runner) runs
