@@ -23,6 +23,7 @@ from cronbus.runner.overlap import RunningRecords
 from cronbus.runner.presence import Presence
 from cronbus.runner.processes import Reaper
 from cronbus.runner.runs import RunHandler
+from cronbus.runner.streams import StreamClient
 from cronbus.shared import metrics
 from cronbus.shared.bus import Bus
 from cronbus.shared.events import HttpExecutor, MalformedEvent, RunDispatched, decode_dispatch
@@ -147,15 +148,18 @@ class RunnerService:
         cancel_sub: Subscription | None = None
         pulls: list[JetStreamContext.PullSubscription] = []
         presence: Presence | None = None
+        streams = StreamClient(bus.nc)
         # Set once no run is in flight any more (finished or handed back) after a stop.
         work_done = asyncio.Event()
         try:
             presence = Presence(await bus.js.key_value(names.runners_bucket), settings, lambda: self.running)
             records = RunningRecords(await bus.js.key_value(names.running_bucket), presence.is_live)
+            await streams.open()
             handler = RunHandler(
                 settings=settings,
                 nc=bus.nc,
                 js=bus.js,
+                streams=streams,
                 http=http,
                 records=records,
                 stopping=stopping,
@@ -219,6 +223,7 @@ class RunnerService:
                     await subscription.unsubscribe()
                 except Exception as exc:
                     log.debug("unsubscribe on stop: %s", exc)
+            await streams.close()
             await http.close()
             await reaper.close()
             await bus.close()

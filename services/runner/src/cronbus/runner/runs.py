@@ -8,11 +8,13 @@ whose run already has a final outcome is acked without running anything.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -22,6 +24,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
 from nats.js.errors import NotFoundError
+from opentelemetry import context as otel_context
 
 from cronbus.runner.attempts import HANDED_BACK, after_attempt, needs_history, plan_delivery
 from cronbus.runner.environment import RunIdentity, job_environment, parse_passthrough
@@ -29,6 +32,7 @@ from cronbus.runner.executors import HttpClient, RunControl, execution_for
 from cronbus.runner.output import Chunk, Chunker, LiveOutput
 from cronbus.runner.overlap import Holder, RunningRecords
 from cronbus.runner.processes import Reaper
+from cronbus.runner.streams import StreamClient
 from cronbus.shared import metrics
 from cronbus.shared.bus import MSG_ID
 from cronbus.shared.events import (
@@ -49,7 +53,7 @@ from cronbus.shared.events import (
 )
 from cronbus.shared.secrets import secret_values
 from cronbus.shared.settings import Settings
-from cronbus.shared.tracing import extract_context, inject_headers, tracer
+from cronbus.shared.tracing import exporting, extract_context, inject_headers, tracer
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +65,19 @@ PUBLISH_PATIENCE_FLOOR = 10.0
 MAX_RUN_EVENTS = 10_000
 # How long pipelined publishes wait for their PubAcks before the missing ones are published again.
 PUBACK_TIMEOUT = 5.0
+
+
+# The trace context of the run the current task handles: every event it publishes carries it.
+_run_trace: ContextVar[dict[str, str] | None] = ContextVar("cronbus_run_trace", default=None)
+_TRACE_HEADERS = ("traceparent", "tracestate")
+
+
+def _trace_headers(msg_id: str | None) -> dict[str, str]:
+    """Headers of an event: its `Nats-Msg-Id` and the run's trace context."""
+    headers = dict(_run_trace.get() or ())
+    if msg_id:
+        headers[MSG_ID] = msg_id
+    return headers
 
 
 def finished_msg_id(run_id: str, attempt: int) -> str:
@@ -78,8 +95,9 @@ class Outgoing:
 class EventPublisher:
     """Publishes to JetStream and waits for the PubAck, retrying through a NATS restart."""
 
-    def __init__(self, js: JetStreamContext, *, patience: float) -> None:
+    def __init__(self, js: JetStreamContext, streams: StreamClient, *, patience: float) -> None:
         self.js = js
+        self.streams = streams
         self.patience = patience
 
     async def publish(
@@ -94,10 +112,10 @@ class EventPublisher:
 
         With `persist`, retries go on past the patience for as long as `persist()` is true.
         """
-        headers = inject_headers({MSG_ID: msg_id} if msg_id else None)
+        headers = _trace_headers(msg_id)
         payload = encode(event)
         await self._retrying(
-            lambda: self.js.publish(subject, payload, headers=headers), f"publish {subject}", persist
+            lambda: self.streams.publish(subject, payload, headers), f"publish {subject}", persist
         )
 
     async def publish_all(self, messages: Sequence[Outgoing]) -> None:
@@ -114,7 +132,7 @@ class EventPublisher:
         failed_at = len(messages)
         try:
             for message in messages:
-                headers = inject_headers({MSG_ID: message.msg_id})
+                headers = _trace_headers(message.msg_id)
                 acks.append(
                     await self.js.publish_async(message.subject, encode(message.event), headers=headers)
                 )
@@ -129,12 +147,11 @@ class EventPublisher:
 
     async def last_run_event(self, stream: str, subject: str) -> RunEvents | None:
         async def read() -> RunEvents | None:
-            try:
-                raw = await self.js.get_last_msg(stream, subject)
-            except NotFoundError:
+            data = await self.streams.last_message(stream, subject)
+            if data is None:
                 return None
             try:
-                return decode_run_event(raw.data or b"")
+                return decode_run_event(data)
             except MalformedEvent as exc:
                 log.warning("last event on %s is unreadable (%s); treating the run as new", subject, exc)
                 return None
@@ -202,6 +219,7 @@ class RunHandler:
         settings: Settings,
         nc: NATS,
         js: JetStreamContext,
+        streams: StreamClient,
         http: HttpClient,
         records: RunningRecords,
         stopping: asyncio.Event,
@@ -215,7 +233,7 @@ class RunHandler:
         self.records = records
         self.stopping = stopping
         self.reaper = reaper
-        self.events = EventPublisher(js, patience=max(settings.ack_wait, PUBLISH_PATIENCE_FLOOR))
+        self.events = EventPublisher(js, streams, patience=max(settings.ack_wait, PUBLISH_PATIENCE_FLOOR))
         self.active: dict[str, RunControl] = {}
         # Read once: the runner's environment does not change while it runs.
         self._runner_env = dict(os.environ)
@@ -247,7 +265,7 @@ class RunHandler:
         """
         self._deliveries[id(msg)] = msg
         try:
-            with self._tracer.start_as_current_span("run", context=extract_context(msg.headers)):
+            with self._run_span(msg):
                 if dispatch is None:
                     try:
                         dispatch = decode_dispatch(msg.data)
@@ -263,6 +281,26 @@ class RunHandler:
                 log.warning("nak failed (%s); the message comes back after ack_wait", exc)
         finally:
             self._deliveries.pop(id(msg), None)
+
+    @contextlib.contextmanager
+    def _run_span(self, msg: Msg) -> Iterator[None]:
+        """The run's span, a child of the dispatch's; its trace context goes on every event the
+        run publishes. When no span is exported, creating one per run is waste: the run joins
+        the dispatch's trace without one, and its events carry the dispatch's trace context."""
+        carried = extract_context(msg.headers)
+        if exporting():
+            with self._tracer.start_as_current_span("run", context=carried):
+                _run_trace.set(inject_headers())
+                yield
+            return
+        # Still current, so a log line of the run names its trace.
+        token = otel_context.attach(carried)
+        try:
+            headers = msg.headers or {}
+            _run_trace.set({key: headers[key] for key in _TRACE_HEADERS if key in headers})
+            yield
+        finally:
+            otel_context.detach(token)
 
     async def keep_alive(self, until: asyncio.Event) -> None:
         """Every `heartbeat` seconds until `until` is set, tell JetStream that each delivery in
