@@ -40,7 +40,7 @@ async def test_a_consumer_that_starts_past_the_position_is_bound_again(
     await publish(bus, history_settings, *lifecycles[0])
     writer = HistoryWriter(history)
     projector = Projector(
-        feed, bus.js, writer, reconnects=lambda: int(bus.nc.stats["reconnects"]), pacing=FAST
+        feed, bus.nc, bus.js, writer, reconnects=lambda: int(bus.nc.stats["reconnects"]), pacing=FAST
     )
     stopping = asyncio.Event()
     task = asyncio.create_task(projector.run(stopping))

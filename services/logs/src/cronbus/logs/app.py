@@ -66,10 +66,12 @@ class LogsService:
 
     def _start(self, bus: Bus, engine: AsyncEngine, stopping: asyncio.Event) -> list[asyncio.Task[None]]:
         writer = HistoryWriter(engine)
+
+        def reconnects() -> int:
+            return int(bus.nc.stats["reconnects"])
+
         self.projectors = [
-            Projector(
-                feed, bus.js, writer, reconnects=lambda: int(bus.nc.stats["reconnects"]), pacing=self.pacing
-            )
+            Projector(feed, bus.nc, bus.js, writer, reconnects=reconnects, pacing=self.pacing)
             for feed in feeds(self.settings.names)
         ]
         tasks = [

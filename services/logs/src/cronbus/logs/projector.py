@@ -11,8 +11,12 @@ sequence, and a consumer that starts or resumes past the position shows as a str
 sequence beyond `position + 1` whose predecessors are still stored; every batch is checked
 for both.
 
-An event that can never be applied (see `poison`) is recorded in `rejected_events` and
-terminated; the batch around it is written event by event so the rest of it still applies.
+The consumer acknowledges cumulatively (`AckPolicy.ALL`): once a batch is committed, one ack
+of its last message covers the whole batch.
+
+An event that can never be applied (see `poison`) is recorded in `rejected_events` and the
+position moves past it; the batch around it is written event by event so the rest of it
+still applies. Its ack is the batch's: it is never delivered again.
 
 One logs instance per prefix: two would recreate each other's consumers.
 """
@@ -25,7 +29,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import msgspec
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
@@ -44,7 +51,7 @@ from cronbus.shared.events import (
 )
 from cronbus.shared.names import Names
 from cronbus.shared.runtime import brief, stopped_within
-from cronbus.shared.tracing import extract_context, tracer
+from cronbus.shared.tracing import exporting, extract_context, tracer
 
 log = logging.getLogger(__name__)
 
@@ -105,10 +112,11 @@ class Projector:
     """Projects one feed until `stopping` is set; never raises for NATS or database trouble."""
 
     def __init__(
-        self, feed: Feed, js: JetStreamContext, writer: HistoryWriter, reconnects: Callable[[], int],
-        pacing: Pacing | None = None,
+        self, feed: Feed, nc: NATS, js: JetStreamContext, writer: HistoryWriter,
+        reconnects: Callable[[], int], pacing: Pacing | None = None,
     ) -> None:  # fmt: skip
         self.feed = feed
+        self.nc = nc
         self.js = js
         self.writer = writer
         self.pacing = pacing or Pacing()
@@ -120,7 +128,7 @@ class Projector:
         # The stream sequence the next message must have: the position + 1 at binding, then
         # one past the last message received.
         self._next_seq = 1
-        self._sub: JetStreamContext.PullSubscription | None = None
+        self._pull: Pull | None = None
         # Set when the consumer must be recreated from the position before the next fetch.
         self._stale = True
         self._tracer = tracer(__name__)
@@ -144,7 +152,7 @@ class Projector:
         config = ConsumerConfig(
             durable_name=self.feed.consumer,
             description=f"cronbus logs: projects {self.feed.stream} into the SQL history",
-            ack_policy=AckPolicy.EXPLICIT,
+            ack_policy=AckPolicy.ALL,
             ack_wait=self.pacing.ack_wait,
             max_deliver=-1,
             max_ack_pending=self._batch * 4,
@@ -153,7 +161,7 @@ class Projector:
             opt_start_seq=position + 1 if position else None,
         )
         await self.js.add_consumer(self.feed.stream, config)
-        self._sub = await self.js.pull_subscribe_bind(durable=self.feed.consumer, stream=self.feed.stream)
+        self._pull = await Pull.start(self.nc, self.feed.stream, self.feed.consumer)
         self._stale = False
         self._bound_at_reconnects = reconnects
         self._delivered = 0
@@ -167,19 +175,15 @@ class Projector:
         idle = 0
         while not stopping.is_set():
             try:
-                if self._stale or self._sub is None or self._bound_at_reconnects != self._reconnects():
+                if self._stale or self._pull is None or self._bound_at_reconnects != self._reconnects():
                     await self.bind()
-                assert self._sub is not None
-                try:
-                    msgs = await self._sub.fetch(self._batch, timeout=self.pacing.fetch_timeout)
-                except TimeoutError:
+                assert self._pull is not None
+                msgs = await self._pull.fetch(self._batch, timeout=self.pacing.fetch_timeout)
+                if not msgs:
                     failures = 0
                     idle += 1
                     if idle % self.pacing.idle_checks_every == 0:
                         await self._check_consumer()
-                    continue
-                if not msgs:
-                    # nats-py can return an empty batch instead of raising a timeout.
                     continue
                 if not self._contiguous(msgs) or not await self._in_stream_order(msgs):
                     self._stale = True
@@ -259,8 +263,8 @@ class Projector:
             self._stale = True
 
     async def _project(self, msgs: Sequence[Msg], stopping: asyncio.Event) -> None:
-        """Apply one fetched batch until it is durable, then ack it (and terminate what was set
-        aside as poison)."""
+        """Apply one fetched batch until it is durable, then ack it (poison set aside included:
+        it is recorded, and the position has moved past it)."""
         batch = [(msg, self._read(msg)) for msg in sorted(msgs, key=lambda m: m.metadata.sequence.stream)]
         first_seq, last_seq = batch[0][0].metadata.sequence.stream, batch[-1][0].metadata.sequence.stream
         failures = 0
@@ -268,7 +272,7 @@ class Projector:
             try:
                 with self._tracer.start_as_current_span(
                     f"logs.project {self.feed.kind}",
-                    links=_links(msgs),
+                    links=_links(msgs) if exporting() else None,
                     attributes={
                         "messaging.batch.message_count": len(msgs),
                         "cronbus.consumer": self.feed.consumer,
@@ -300,17 +304,13 @@ class Projector:
         pending = batch[-1][0].metadata.num_pending
         metrics.PROJECTION_LAG.labels(self.feed.stream).set(pending)
         metrics.CONSUMER_PENDING.labels(self.feed.stream, self.feed.consumer).set(pending)
-        for msg, _ in batch:
-            try:
-                if msg.metadata.sequence.stream in set_aside:
-                    await msg.term()
-                else:
-                    await msg.ack()
-            except Exception as exc:
-                # Already durable: a lost ack only means a redelivery, which is skipped.
-                log.info(
-                    "%s: ack of seq %d failed: %s", self.feed.consumer, msg.metadata.sequence.stream, exc
-                )
+        # AckPolicy.ALL: acking the last delivery acknowledges every one before it.
+        last = max(msgs, key=lambda m: m.metadata.sequence.consumer)
+        try:
+            await last.ack()
+        except Exception as exc:
+            # Already durable: a lost ack only means a redelivery, which is skipped.
+            log.info("%s: ack up to seq %d failed: %s", self.feed.consumer, last_seq, exc)
 
     def _read(self, msg: Msg) -> Decoded:
         seq = msg.metadata.sequence.stream
@@ -348,13 +348,110 @@ class Projector:
         return result.set_aside
 
     async def _unsubscribe(self) -> None:
-        sub, self._sub = self._sub, None
-        if sub is None:
+        pull, self._pull = self._pull, None
+        if pull is None:
             return
         try:
-            await sub.unsubscribe()
+            await pull.stop()
         except Exception as exc:
             log.debug("%s: unsubscribe failed: %s", self.feed.consumer, exc)
+
+
+class PullRefused(Exception):
+    """The server answered a pull request with an error status (not "no messages yet")."""
+
+
+class Pull:
+    """Batches from a durable pull consumer, collected by a subscription callback.
+
+    nats-py's `PullSubscription.fetch` hands a batch over one message at a time, each through
+    its own `asyncio.wait_for` (a task and a timer); at thousands of events a second that
+    bookkeeping costs as much as writing them. Here a pull request asks for a batch and the
+    reply inbox's callback appends what arrives to a list: a fetch returns when the batch is
+    full, when the server says there is nothing more for now (status 404 or 408), or when
+    its time is up. Whatever arrives after a fetch returned is kept, in delivery order, for
+    the next one.
+    """
+
+    # Statuses that end a pull request without an error: no messages (no_wait), the request
+    # expired, and 409 (consumer deleted, leadership change, too many waiting requests):
+    # the projector's own checks notice a deleted consumer.
+    _ENDED = frozenset({"404", "408", "409"})
+    # Heartbeats are not requested; one is ignored if it comes.
+    _HEARTBEAT = "100"
+    # How much earlier than the fetch's own deadline a lingering request expires, so the
+    # server's 408 normally ends it instead of the client's timer.
+    _EXPIRES_EARLY = 0.05
+
+    def __init__(self, nc: NATS, stream: str, consumer: str) -> None:
+        self._nc = nc
+        self._next = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+        self._inbox = nc.new_inbox()
+        self._sub: Subscription | None = None
+        self._received: list[Msg] = []
+        # The fetch in progress is answered once `_received` holds `_wanted` or `_ended` is set.
+        self._wanted = 0
+        self._ended = False
+        self._refused: str | None = None
+        self._answered = asyncio.Event()
+
+    @classmethod
+    async def start(cls, nc: NATS, stream: str, consumer: str) -> Pull:
+        pull = cls(nc, stream, consumer)
+        pull._sub = await nc.subscribe(pull._inbox, cb=pull._receive)
+        return pull
+
+    async def stop(self) -> None:
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            await sub.unsubscribe()
+
+    async def fetch(self, batch: int, timeout: float) -> list[Msg]:
+        """Up to `batch` messages in delivery order; none if nothing came within `timeout`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        if len(self._received) < batch:
+            # What the consumer has now, at once, ended by a 404/408 when it runs out.
+            await self._request({"batch": batch - len(self._received), "no_wait": True}, batch, deadline)
+        if not self._received:
+            # Nothing now: wait for the next message. A request for one is over once it is
+            # answered, so none is left waiting on the server to take what follows (the next
+            # fetch asks for that at once).
+            expires = deadline - loop.time() - self._EXPIRES_EARLY
+            if expires > 0:
+                await self._request({"batch": 1, "expires": int(expires * 1e9)}, 1, deadline)
+        if self._refused is not None and not self._received:
+            refused, self._refused = self._refused, None
+            raise PullRefused(refused)
+        taken, self._received = self._received[:batch], self._received[batch:]
+        return taken
+
+    async def _request(self, request: dict[str, object], wanted: int, deadline: float) -> None:
+        self._wanted = wanted
+        self._ended = False
+        self._answered.clear()
+        await self._nc.publish(self._next, msgspec.json.encode(request), reply=self._inbox)
+        remaining = deadline - asyncio.get_running_loop().time()
+        if self._ended or len(self._received) >= wanted or remaining <= 0:
+            return
+        try:
+            await asyncio.wait_for(self._answered.wait(), remaining)
+        except TimeoutError:
+            pass  # what came so far is the answer
+
+    async def _receive(self, msg: Msg) -> None:
+        status = msg.headers.get("Status") if msg.headers else None
+        if status is None:
+            self._received.append(msg)
+            if len(self._received) >= self._wanted:
+                self._answered.set()
+            return
+        if status == self._HEARTBEAT:
+            return
+        if status not in self._ENDED:
+            self._refused = f"{status} {msg.headers.get('Description', '') if msg.headers else ''}".strip()
+        self._ended = True
+        self._answered.set()
 
 
 @dataclass(frozen=True, slots=True)
