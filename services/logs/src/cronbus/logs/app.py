@@ -8,6 +8,7 @@ start before them; once serving, trouble is retried inside the projectors.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from typing import Any
 
@@ -52,6 +53,10 @@ class LogsService:
             bus = await Bus.open_when_ready(self.settings, "logs", stopping)
             if bus is None:
                 return
+            # What is alive now (modules, SQLAlchemy's compiled statements, the connections)
+            # lives as long as the service: kept out of the collector's full passes, which
+            # otherwise traverse all of it again and again while batches allocate.
+            gc.freeze()
             tasks = self._start(bus, engine, stopping)
             await self._supervise(tasks, stopping, engine.url.render_as_string())
             await self._finish(tasks)
