@@ -275,6 +275,7 @@ class RunnerService:
         """
         http_pool = False
         consumer = self.settings.names.runner_consumer(pool)
+        pending = metrics.CONSUMER_PENDING.labels(self.settings.names.dispatch_stream, consumer)
         while not stopping.is_set():
             count = await slots.take(stopping)
             if count == 0:
@@ -298,6 +299,8 @@ class RunnerService:
                 continue
             if msgs:
                 http_pool = True
+                # What the last delivery says is still pending, once per batch.
+                pending.set(msgs[-1].metadata.num_pending)
             for msg in msgs:
                 if stopping.is_set():
                     # Fetched while stopping began: give it straight back to another runner.
@@ -320,9 +323,6 @@ class RunnerService:
                     continue
                 if not is_http:
                     http_pool = False
-                metrics.CONSUMER_PENDING.labels(self.settings.names.dispatch_stream, consumer).set(
-                    msg.metadata.num_pending
-                )
                 task = asyncio.create_task(handler.handle(msg, dispatch), name=f"run-{msg.subject}")
                 self._runs.add(task)
                 task.add_done_callback(self._runs.discard)

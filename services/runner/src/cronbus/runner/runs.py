@@ -25,6 +25,7 @@ from nats.js import JetStreamContext
 from nats.js.api import PubAck
 from nats.js.errors import NotFoundError
 from opentelemetry import context as otel_context
+from prometheus_client import Counter
 
 from cronbus.runner.attempts import HANDED_BACK, after_attempt, needs_history, plan_delivery
 from cronbus.runner.environment import RunIdentity, job_environment, parse_passthrough
@@ -210,6 +211,24 @@ class EventPublisher:
                 pause = min(pause * 2, 1.0)
 
 
+class PoolMetrics:
+    """A pool's run metrics, their labelled children looked up once, not once per run."""
+
+    def __init__(self, pool: str) -> None:
+        self.pool = pool
+        self._runs: dict[str, Counter] = {}
+        self.duration = metrics.RUN_DURATION.labels(pool)
+        self.output_bytes = metrics.OUTPUT_BYTES.labels(pool)
+
+    def record(self, status: str, seconds: float, output_bytes: int) -> None:
+        runs = self._runs.get(status)
+        if runs is None:
+            runs = self._runs[status] = metrics.RUNS.labels(status, self.pool)
+        runs.inc()
+        self.duration.observe(seconds)
+        self.output_bytes.inc(output_bytes)
+
+
 class RunHandler:
     """Handles dispatch messages; `active` maps run ids in flight to their controls (cancel)."""
 
@@ -244,6 +263,13 @@ class RunHandler:
         self.host = socket.gethostname()
         self.pid = os.getpid()
         self._tracer = tracer("cronbus.runner")
+        self._metrics: dict[str, PoolMetrics] = {}
+
+    def _pool_metrics(self, pool: str) -> PoolMetrics:
+        found = self._metrics.get(pool)
+        if found is None:
+            found = self._metrics[pool] = PoolMetrics(pool)
+        return found
 
     def cancel(self, run_id: str) -> bool:
         control = self.active.get(run_id)
@@ -559,9 +585,7 @@ class RunHandler:
             msg_id=finished_msg_id(d.run_id, attempt),
             persist=lambda: not self._handing_back,
         )
-        metrics.RUNS.labels(outcome.status, d.pool).inc()
-        metrics.RUN_DURATION.labels(d.pool).observe(duration_ms / 1000)
-        metrics.OUTPUT_BYTES.labels(d.pool).inc(chunker.total_bytes)
+        self._pool_metrics(d.pool).record(outcome.status, duration_ms / 1000, chunker.total_bytes)
         # One line per run is too many for a busy runner at INFO; the history has every outcome.
         log.debug(
             "run %s of job %s attempt %d: %s%s",
