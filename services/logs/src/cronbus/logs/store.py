@@ -22,12 +22,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterable, Sequence
+import re
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 import msgspec
-from sqlalchemy import ColumnElement, Insert, Table, bindparam, case, func, literal, select, update
+from sqlalchemy import ColumnElement, Dialect, Insert, Table, bindparam, case, func, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -93,21 +95,28 @@ class HistoryWriter:
         self._turn: asyncio.Lock | None = asyncio.Lock() if self._dialect == "sqlite" else None
         # In write order: runs first (the row both run projectors share), then attempts; output
         # comes last (see _store_output).
-        self._run_upserts: list[tuple[Table, Insert]] = [
-            (runs, self._runs_upsert()),
-            (run_attempts, self._attempts_upsert()),
+        dialect = engine.dialect
+        self._run_upserts: list[tuple[Table, Prepared]] = [
+            (runs, Prepared(self._runs_upsert(), dialect, runs)),
+            (run_attempts, Prepared(self._attempts_upsert(), dialect, run_attempts)),
         ]
         # Insert-if-absent, answering the keys it did insert: only those add to the run's size.
-        self._chunks_insert = (
+        self._chunks_insert = Prepared(
             self.insert(log_chunks)
             .on_conflict_do_nothing(index_elements=["run_id", "attempt", "seq"])
-            .returning(log_chunks.c.run_id, log_chunks.c.attempt, log_chunks.c.seq)
+            .returning(log_chunks.c.run_id, log_chunks.c.attempt, log_chunks.c.seq),
+            dialect,
+            log_chunks,
         )
         sizes = self.insert(output_sizes)
-        self._sizes_upsert = sizes.on_conflict_do_update(
-            index_elements=["run_id"], set_={"bytes": output_sizes.c.bytes + sizes.excluded.bytes}
+        self._sizes_upsert = Prepared(
+            sizes.on_conflict_do_update(
+                index_elements=["run_id"], set_={"bytes": output_sizes.c.bytes + sizes.excluded.bytes}
+            ),
+            dialect,
+            output_sizes,
         )
-        self._position_upsert = self._position_statement()
+        self._position_upsert = Prepared(self._position_statement(), dialect, projector_positions)
 
     @contextlib.asynccontextmanager
     async def writing(self) -> AsyncIterator[AsyncConnection]:
@@ -156,7 +165,7 @@ class HistoryWriter:
             rows = _run_rows(fresh)
             for table, upsert in self._run_upserts:
                 for round_ in _rounds(rows[table.name]):
-                    await conn.execute(upsert, round_)
+                    await upsert.executemany(conn, round_)
             await self._store_output(conn, rows[log_chunks.name])
             await self._record_rejections(conn, consumer, [r for r in rejected if r.seq > done])
             await self._save_position(conn, consumer, max(done, last_seq))
@@ -184,11 +193,11 @@ class HistoryWriter:
         added: dict[str, int] = {}
         for round_ in _rounds(chunks):
             sizes = {(c["run_id"], c["attempt"], c["seq"]): len(c["data"]) for c in round_}
-            for run_id, attempt, seq in await conn.execute(self._chunks_insert, round_):
+            for run_id, attempt, seq in await self._chunks_insert.returning(conn, round_):
                 added[run_id] = added.get(run_id, 0) + sizes[(run_id, attempt, seq)]
         if added:
-            await conn.execute(
-                self._sizes_upsert, [{"run_id": run_id, "bytes": n} for run_id, n in sorted(added.items())]
+            await self._sizes_upsert.executemany(
+                conn, [{"run_id": run_id, "bytes": n} for run_id, n in sorted(added.items())]
             )
 
     # --- audit: job events and AuditRecorded, one row per event, keyed by the event id ---
@@ -311,9 +320,91 @@ class HistoryWriter:
         )
 
     async def _save_position(self, conn: AsyncConnection, consumer: str, seq: int) -> None:
-        await conn.execute(
-            self._position_upsert, {"consumer": consumer, "stream_seq": seq, "updated_at": utcnow()}
+        await self._position_upsert.executemany(
+            conn, [{"consumer": consumer, "stream_seq": seq, "updated_at": utcnow()}]
         )
+
+
+class Prepared:
+    """An INSERT compiled once for the engine's dialect, run through the driver with tuples.
+
+    Building parameters through SQLAlchemy (a dict per row, every value through its type's
+    processing, again for each statement) cost more than the database's own work for the
+    small rows of a projection. Here each value still goes through its column type's bind
+    processing -- what SQLAlchemy would store is stored (SQLite's datetime strings above all)
+    -- but only for the types that have any, and the rows reach the driver as tuples.
+    Constants the statement's expressions hold are bound once.
+    """
+
+    # Rows per multi-row INSERT ... RETURNING: within SQLite's and PostgreSQL's limits on
+    # parameters per statement (32766 and 32767) for any table here.
+    _ROWS_PER_STATEMENT = 500
+
+    def __init__(self, stmt: Insert, dialect: Dialect, table: Table) -> None:
+        columns = [c.key for c in table.columns]
+        compiled = stmt.compile(dialect=dialect, column_keys=columns)
+        names: list[str] = list(compiled.positiontup or ())
+        self._processors: list[tuple[str, Callable[[Any], Any]]] = []
+        self._constants: dict[str, Any] = {}
+        for name in dict.fromkeys(names):
+            bind = compiled.binds[name]
+            process = bind.type.dialect_impl(dialect).bind_processor(dialect)
+            if name in columns:
+                if process is not None:
+                    self._processors.append((name, process))
+            else:
+                value = bind.effective_value
+                self._constants[name] = process(value) if process is not None else value
+        self._columns = columns
+        self._names = names
+        self._get = itemgetter(*names)
+        self.sql = compiled.string
+        self._positional_numbers = dialect.paramstyle == "numeric_dollar"
+
+    def parameters(self, row: dict[str, Any]) -> tuple[Any, ...]:
+        """The driver's parameters for one row (a value for each column of the table)."""
+        values = {**row, **self._constants}
+        for name, process in self._processors:
+            values[name] = process(values[name])
+        got = self._get(values)
+        return got if len(self._names) > 1 else (got,)
+
+    async def executemany(self, conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+        if rows:
+            await conn.exec_driver_sql(self.sql, [self.parameters(row) for row in rows])
+
+    async def returning(self, conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> list[tuple[Any, ...]]:
+        """Run the statement for `rows` as multi-row INSERTs; the rows its RETURNING answers.
+
+        A driver's executemany discards what RETURNING answers, so the VALUES group is
+        repeated (its placeholders renumbered where they are numbered).
+        """
+        out: list[tuple[Any, ...]] = []
+        for start in range(0, len(rows), self._ROWS_PER_STATEMENT):
+            part = rows[start : start + self._ROWS_PER_STATEMENT]
+            params: list[Any] = []
+            for row in part:
+                params.extend(self.parameters(row))
+            result = await conn.exec_driver_sql(self._multi_row_sql(len(part)), tuple(params))
+            out.extend(tuple(r) for r in result)
+        return out
+
+    def _multi_row_sql(self, count: int) -> str:
+        head, _, rest = self.sql.partition(" VALUES (")
+        group, _, tail = rest.partition(")")
+        if self._constants or ")" in group:
+            raise RuntimeError("only an INSERT whose VALUES hold nothing but its columns is repeated")
+        if not self._positional_numbers:
+            return f"{head} VALUES {', '.join([f'({group})'] * count)}{tail}"
+        width = len(self._names)
+
+        def numbered(i: int) -> str:
+            return "(" + _PLACEHOLDER.sub(lambda m: f"${int(m[1]) + i * width}", group) + ")"
+
+        return f"{head} VALUES {', '.join(numbered(i) for i in range(count))}{tail}"
+
+
+_PLACEHOLDER = re.compile(r"\$(\d+)")
 
 
 _POSITION = select(projector_positions.c.stream_seq).where(
