@@ -341,3 +341,24 @@ async def test_cancelling_an_http_run_abandons_the_call(settings: Settings, serv
             assert (result.status, result.final, result.error) == ("cancelled", True, "cancelled on request")
     finally:
         await bus.close()
+
+
+async def test_a_stopping_runner_hands_back_an_http_call_under_way(settings: Settings, server: LocalServer):
+    bus = await Bus.open(settings, "test")
+    try:
+        async with running(settings, grace_period=0.2):
+            d = await dispatch(bus.js, settings, HttpExecutor(url=f"{server.url}/hang"))
+            await wait_for(lambda: server.in_flight == 1, timeout=15, what="the call under way")
+        # The block's end stopped the runner: the call was abandoned and the run handed back.
+        finishes = [e for e in await run_events(bus.js, settings, d.run_id) if isinstance(e, RunFinished)]
+        assert [(f.status, f.final, f.handed_back) for f in finishes] == [("lost", False, True)]
+        # It went back to the pool: the next runner makes the call again.
+        server.release.set()
+        async with running(settings):
+            result = await final_outcome(bus.js, settings, d.run_id)
+        assert (result.status, result.attempt) == ("succeeded", 2)
+        assert await output_of(bus.js, settings, d.run_id, attempt=2) == (
+            f"HTTP 200 OK from GET {server.url}/hang\n".encode() + b"late"
+        )
+    finally:
+        await bus.close()

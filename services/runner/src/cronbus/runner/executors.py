@@ -127,14 +127,18 @@ class RunControl:
     kill_grace: float = 5.0
     interrupted: asyncio.Event = field(default_factory=asyncio.Event)
     reason: InterruptReason | None = None
-    # Cancelled by an interrupt (an HTTP call), so no extra task per run waits for one.
+    # The run's task while it makes an HTTP call: an interrupt cancels it (once), so no extra
+    # task per run waits for one.
     cancel_on_interrupt: asyncio.Task[Any] | None = None
+    # Whether an interrupt did cancel it: that cancellation is the interrupt, not a shutdown.
+    cancelled_call: bool = False
 
     def interrupt(self, reason: InterruptReason) -> None:
         if self.reason is None:
             self.reason = reason
         self.interrupted.set()
-        if self.cancel_on_interrupt is not None:
+        if self.cancel_on_interrupt is not None and not self.cancelled_call:
+            self.cancelled_call = True
             self.cancel_on_interrupt.cancel()
 
 
@@ -284,19 +288,26 @@ class HttpExecution:
     async def execute(self, control: RunControl) -> Outcome:
         if control.interrupted.is_set():
             return _interrupted_outcome(control)
-        call = asyncio.create_task(self._call(control))
-        control.cancel_on_interrupt = call
+        # The call runs in the run's own task (a task per call would cost more than the call):
+        # an interrupt cancels that task while the call is under way, and only then.
+        task = asyncio.current_task()
+        assert task is not None
+        deadline = asyncio.timeout(control.timeout)
+        control.cancel_on_interrupt = task
         try:
-            await asyncio.wait({call}, timeout=control.timeout)
-            ended = call.done() and not call.cancelled()
-        finally:
-            control.cancel_on_interrupt = None
-            if not call.done():
-                await stop_task(call)
-        if ended:
-            return call.result()
-        if control.reason is not None:
+            try:
+                async with deadline:
+                    return await self._call(control)
+            finally:
+                control.cancel_on_interrupt = None
+        except asyncio.CancelledError:
+            if not control.cancelled_call:
+                raise
+            task.uncancel()
             return _interrupted_outcome(control)
+        except TimeoutError:
+            if not deadline.expired():
+                raise
         error = f"timed out after {control.timeout:g}s waiting for {self.spec.method} {self.spec.url}"
         await control.output.note(f"cronbus: {error}")
         return Outcome("timed_out", error=error)
