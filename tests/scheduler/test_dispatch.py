@@ -5,23 +5,23 @@ published once the fence closes."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
 
 import pytest
-from nats.errors import OutboundBufferLimitError
+from nats.errors import BadSubjectError, OutboundBufferLimitError
 from nats.js.api import PubAck
 from nats.js.errors import NoStreamResponseError
 
 from cronbus.scheduler.app import open_bus
-from cronbus.scheduler.dispatch import Dispatcher, encode_dispatch, run_id_of
+from cronbus.scheduler.dispatch import YIELD_EVERY, Dispatcher, encode_dispatch, run_id_of
 from cronbus.scheduler.domain import Due, Fence, Timetable, msg_id_of, to_ms, watermark_of
 from cronbus.scheduler.lease import Term
-from cronbus.scheduler.publish import AckedPublisher
+from cronbus.scheduler.publish import Acked, AckedPublisher, OnAck, Outgoing, header_block
 from cronbus.shared.bus import MSG_ID, Bus
 from cronbus.shared.events import JobCreated, RunDispatched, decode_dispatch, dispatch_msg_id, run_id_for
 from cronbus.shared.names import Names
@@ -40,19 +40,33 @@ class StandInJetStream:
         self.script = script
         self.attempts: list[str] = []
         self.stored: list[bytes] = []
+        self.batches = 0
+        self.keys = itertools.count()
+        self.forgotten: list[str] = []
 
-    async def publish_async(self, subject: str, payload: bytes, headers: dict[str, str]) -> Any:
-        future: asyncio.Future[PubAck] = asyncio.get_running_loop().create_future()
+    async def publish_many(self, messages: Sequence[Outgoing], on_ack: OnAck) -> list[str]:
+        self.batches += 1
+        return [self._publish(headers, payload, on_ack) for _, headers, payload in messages]
+
+    def forget(self, key: str) -> None:
+        self.forgotten.append(key)
+
+    def _publish(self, header_bytes: bytes, payload: bytes, on_ack: OnAck) -> str:
+        lines = header_bytes.decode().split("\r\n")
+        assert lines[0] == "NATS/1.0" and lines[-2:] == ["", ""]
+        headers = dict(line.split(": ", 1) for line in lines[1:-2])
+        key = str(next(self.keys))
         self.attempts.append(headers[MSG_ID])
         outcome = self.script.pop(0) if self.script else "ok"
+        call_soon = asyncio.get_running_loop().call_soon
         if outcome == "fail":
-            future.set_exception(ConnectionError("connection reset"))
+            call_soon(on_ack, key, ConnectionError("connection reset"))
         elif outcome == "ok":
             duplicate = any(h == headers[MSG_ID] for h in self.attempts[:-1]) and bool(self.stored)
             if not duplicate:
                 self.stored.append(payload)
-            future.set_result(PubAck(stream="S", seq=len(self.stored), duplicate=duplicate))
-        return future
+            call_soon(on_ack, key, Acked(stream="S", seq=len(self.stored), duplicate=duplicate))
+        return key
 
 
 def _setup(
@@ -65,7 +79,7 @@ def _setup(
     table = Timetable()
     table.apply(JobCreated(job_id="a", revision=3, spec=spec("* * * * * *", pool="p")), SLOT.timestamp())
     term = Term(fence, connection, revision=1)
-    dispatcher = Dispatcher(js, Names("t"), "me", term, publish_timeout=0.2)  # type: ignore[arg-type]
+    dispatcher = Dispatcher(js, Names("t"), "me", term, publish_timeout=0.2)
     return dispatcher, js, table
 
 
@@ -75,6 +89,8 @@ async def test_failed_and_lost_publishes_are_retried_until_acknowledged() -> Non
     assert dispatcher.unfinished_slots_ms == [to_ms(SLOT)]
     await wait_for(lambda: dispatcher.dispatched_total == 1, timeout=5, what="acknowledged dispatch")
     assert js.attempts == ["a:" + str(to_ms(SLOT))] * 3
+    # The lost one's ack was given up on (no longer awaited from the publisher).
+    assert js.forgotten == ["1"]
     assert dispatcher.unfinished_slots_ms == []
     event = decode_dispatch(js.stored[0])
     assert (event.job_id, event.slot, event.pool, event.scheduler, event.job_revision) == (
@@ -189,6 +205,45 @@ async def test_the_acked_publisher_reports_stored_duplicate_and_missing_stream(s
         await bus.close()
 
 
+async def test_a_batch_reaches_the_stream_with_its_headers(settings: Settings) -> None:
+    """`publish_many` writes HPUB commands of its own: the stored messages carry their headers
+    and payloads, JetStream dedupes by their Nats-Msg-Id, and a message that cannot be sent
+    fails alone."""
+    bus = await Bus.open(settings, "test")
+    publisher = AckedPublisher(bus.nc)
+    await publisher.start()
+    try:
+        names = settings.names
+        messages: list[Outgoing] = [
+            (
+                names.dispatch_subject("default", f"j{i}"),
+                header_block({MSG_ID: f"j{i}:1", "k": "v 1"}),
+                b"x" * (i + 1),
+            )
+            for i in range(300)
+        ]
+        messages.append(("bad subject", header_block({MSG_ID: "x"}), b""))
+        messages.append((names.dispatch_subject("default", "j0"), header_block({MSG_ID: "j0:1"}), b"again"))
+        outcomes: dict[str, Acked | BaseException] = {}
+        keys = await publisher.publish_many(messages, outcomes.__setitem__)
+        assert len(set(keys)) == len(messages)
+        await wait_for(lambda: len(outcomes) == len(messages), what="every acknowledgement")
+        done = [outcomes[key] for key in keys]
+        assert [a.seq for a in done[:300]] == list(range(1, 301))  # type: ignore[union-attr]
+        assert isinstance(done[300], BadSubjectError)
+        assert done[301].duplicate  # type: ignore[union-attr]
+        for seq in (1, 300):
+            stored = await bus.js.get_msg(names.dispatch_stream, seq)
+            assert stored.headers == {MSG_ID: f"j{seq - 1}:1", "k": "v 1"}
+            assert stored.data == b"x" * seq
+        with pytest.raises(ValueError):
+            header_block({MSG_ID: "a\r\nPUB x 1"})
+        assert publisher.waiting == 0
+    finally:
+        await publisher.stop()
+        await bus.close()
+
+
 async def test_slots_given_up_when_a_drain_times_out_hold_the_watermark_back() -> None:
     """A clean stop while DISPATCH refuses publishes: the drain gives the slot up, and the
     watermark must not move past it (the next leader decides about it)."""
@@ -252,19 +307,47 @@ async def test_the_scheduler_connection_does_not_buffer_publishes_while_disconne
         await bus.close()
 
 
-async def test_a_term_ending_in_the_middle_of_a_batch_holds_the_watermark_below_the_rest() -> None:
+async def test_a_term_ending_in_the_middle_of_a_burst_holds_the_watermark_below_the_rest() -> None:
+    """The connection is replaced right after the first batch of a burst went out: nothing
+    more is published, and the watermark stays below every slot not published."""
     epoch = [0]
     dispatcher, js, table = _setup([], connection=lambda: epoch[0])
-    publish = js.publish_async
+    publish = js.publish_many
 
-    async def publish_then_reconnect(subject: str, payload: bytes, headers: dict[str, str]) -> Any:
+    async def publish_then_reconnect(messages: Sequence[Outgoing], on_ack: OnAck) -> list[str]:
         epoch[0] += 1
-        return await publish(subject, payload, headers)
+        return await publish(messages, on_ack)
 
-    js.publish_async = publish_then_reconnect  # type: ignore[method-assign]
-    slots = [datetime.fromtimestamp(SLOT.timestamp() + i, UTC) for i in range(3)]
+    js.publish_many = publish_then_reconnect  # type: ignore[method-assign]
+    slots = [datetime.fromtimestamp(SLOT.timestamp() + i, UTC) for i in range(YIELD_EVERY + 3)]
     await dispatcher.submit_all([(Due("a", to_ms(s), s.timestamp()), table.jobs["a"]) for s in slots])
     await dispatcher.drain(1.0)
-    assert js.attempts == [dispatch_msg_id("a", slots[0])]
-    assert sorted(dispatcher.unfinished_slots_ms) == [to_ms(slots[1]), to_ms(slots[2])]
-    assert watermark_of(SLOT.timestamp() + 60, dispatcher.unfinished_slots_ms, 0.0) < slots[1].timestamp()
+    assert js.batches == 1
+    assert js.attempts == [dispatch_msg_id("a", s) for s in slots[:YIELD_EVERY]]
+    assert sorted(dispatcher.unfinished_slots_ms) == [to_ms(s) for s in slots[YIELD_EVERY:]]
+    assert (
+        watermark_of(SLOT.timestamp() + 60, dispatcher.unfinished_slots_ms, 0.0)
+        < slots[YIELD_EVERY].timestamp()
+    )
+
+
+async def test_the_fence_closing_while_a_batch_is_encoded_publishes_none_of_it() -> None:
+    """The term is asked again right before a batch goes out: a fence that closed while it was
+    encoded stops all of it."""
+    dispatcher, js, table = _setup([])
+    checks = [0]
+    may_publish = dispatcher.term.may_publish
+
+    def may_publish_until_closed(now: float) -> bool:
+        # Open for each of the two slots as it is encoded, closed when the batch is to go out.
+        checks[0] += 1
+        if checks[0] > 2:
+            dispatcher.term.end("fence closed")
+        return may_publish(now)
+
+    dispatcher.term.may_publish = may_publish_until_closed  # type: ignore[method-assign]
+    slots = [datetime.fromtimestamp(SLOT.timestamp() + i, UTC) for i in range(2)]
+    await dispatcher.submit_all([(Due("a", to_ms(s), s.timestamp()), table.jobs["a"]) for s in slots])
+    await dispatcher.drain(1.0)
+    assert js.attempts == []
+    assert sorted(dispatcher.unfinished_slots_ms) == [to_ms(s) for s in slots]

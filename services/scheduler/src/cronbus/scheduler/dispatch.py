@@ -5,12 +5,12 @@ a repeat of the same slot (a retry, a takeover race) is dropped by JetStream. Th
 (`lease.Term`) is asked right before every publish: once the lease may have expired, or the
 connection dropped during the term, nothing more goes out.
 
-Publishes are asynchronous (`publish_async`): a burst of due slots leaves in a few large
-writes and their acknowledgements are handled as they come, each bounded by a timeout after
-which the slot is published again. The hot path does as little per slot as it can: the spec
-goes out as the JSON bytes the timetable keeps (never decoded and encoded again), one trace
-span and one set of trace headers cover a whole batch, and the loop yields every few hundred
-publishes so the connection writes (and the server stores) while the rest are still encoded.
+Publishes are asynchronous and batched (`publish_many`): a burst of due slots leaves in
+batches of a few hundred, each one write, and their acknowledgements are handled as they come,
+each bounded by a timeout after which the slot is published again. The hot path does as little
+per slot as it can: the spec goes out as the JSON bytes the timetable keeps (never decoded and
+encoded again), the headers are built as the bytes NATS sends, and the loop yields after every
+batch so the connection writes (and the server stores) while the rest are still encoded.
 """
 
 from __future__ import annotations
@@ -18,18 +18,18 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import os
+import random
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import msgspec
-from nats.js.api import PubAck
 from opentelemetry.context import Context
 
 from cronbus.scheduler.domain import Due, Job, msg_id_of
 from cronbus.scheduler.lease import Term
+from cronbus.scheduler.publish import Acked, OnAck, Outgoing, header_block
 from cronbus.shared import metrics
 from cronbus.shared.bus import MSG_ID
 from cronbus.shared.events import RunDispatched, scheduled_run_id
@@ -40,8 +40,9 @@ log = logging.getLogger(__name__)
 
 _tracer = tracer(__name__)
 
-# Publishes between two yields to the event loop: enough to amortise the switch, few enough
-# that the connection's writer sends the first slots of a burst while the rest are encoded.
+# Publishes per batch (one write, then a yield to the event loop): enough to amortise the
+# switch, few enough that the connection's writer sends the first slots of a burst while the
+# rest are encoded.
 YIELD_EVERY = 256
 
 
@@ -73,22 +74,14 @@ _wire_encoder = msgspec.json.Encoder()
 
 
 class Publisher(Protocol):
-    """What the dispatcher needs from JetStream: `AckedPublisher` (or a `JetStreamContext`, whose
-    own limit of 4,000 pending publishes then bounds the window too)."""
+    """What the dispatcher needs from JetStream (`publish.AckedPublisher`): publish a batch of
+    (subject, header block, payload), raising when none of it can be sent (e.g. disconnected);
+    each message gets a key, and `on_ack` is called once with it when its acknowledgement (or
+    error) arrives, unless the key was forgotten first."""
 
-    async def publish_async(
-        self, subject: str, payload: bytes, headers: dict[str, str] | None = None
-    ) -> asyncio.Future[PubAck]: ...
+    async def publish_many(self, messages: Sequence[Outgoing], on_ack: OnAck) -> list[str]: ...
 
-
-def _uuid_text(raw: bytes, version: int) -> str:
-    """RFC 4122 text of 16 bytes with the version and variant bits set (what `uuid.UUID` does,
-    without building one: at 10,000 dispatches a second the object is measurable)."""
-    octets = bytearray(raw[:16])
-    octets[6] = (octets[6] & 0x0F) | (version << 4)
-    octets[8] = (octets[8] & 0x3F) | 0x80
-    h = octets.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    def forget(self, key: str) -> None: ...
 
 
 def run_id_of(job_id: str, slot_ms: int) -> str:
@@ -96,9 +89,21 @@ def run_id_of(job_id: str, slot_ms: int) -> str:
     return scheduled_run_id(job_id, slot_ms)
 
 
+_UUID4_CLEAR = ~((0xF << 76) | (0x3 << 62))
+_UUID4_SET = (4 << 76) | (0x2 << 62)
+
+
 def event_id() -> str:
-    """`events.new_event_id` (a uuid4 as 32 hex digits), cheaper."""
-    return _uuid_text(os.urandom(16), 4).replace("-", "")
+    """`events.new_event_id` (a uuid4 as 32 hex digits), cheaper: 122 random bits from the
+    process's generator (seeded from the OS), the version and variant bits set as `uuid4`
+    sets them."""
+    return f"{(random.getrandbits(128) & _UUID4_CLEAR) | _UUID4_SET:032x}"
+
+
+@functools.lru_cache(maxsize=1024)
+def _slot_time(slot_ms: int) -> datetime:
+    # The slots of a burst share a few instants: one datetime each.
+    return datetime.fromtimestamp(slot_ms / 1000, UTC)
 
 
 def encode_dispatch(due: Due, job: Job, *, scheduler: str, now: float) -> tuple[bytes, float]:
@@ -110,7 +115,7 @@ def encode_dispatch(due: Due, job: Job, *, scheduler: str, now: float) -> tuple[
         event_id=event_id(),
         run_id=run_id_of(due.job_id, due.slot_ms),
         job_id=due.job_id,
-        slot=due.slot,
+        slot=_slot_time(due.slot_ms),
         attempt=1,
         pool=job.pool,
         spec=msgspec.Raw(job.spec_json),
@@ -165,7 +170,9 @@ class Dispatcher:
         self._names = names
         self._scheduler = scheduler
         self.term = term
-        self._room = asyncio.Semaphore(max_in_flight)
+        self._max_in_flight = max_in_flight
+        # Set when the window has room again (`_wait_for_room` clears it while full).
+        self._room = asyncio.Event()
         self._publish_timeout = publish_timeout
         self._clock = clock
         # Retries waiting for their backoff.
@@ -177,9 +184,12 @@ class Dispatcher:
         self._abandoned: dict[tuple[str, int], int] = {}
         self._idle = asyncio.Event()
         self._idle.set()
-        # Acks awaited -> when to give up on them. One watchdog sweeps them, instead of a timer
-        # per publish (a burst would push 10,000 timers through the loop's heap).
-        self._awaiting: dict[asyncio.Future[PubAck], float] = {}
+        # Publish key -> the slot's publish and when to give up on its ack, in the order sent
+        # (so in deadline order). One watchdog sweeps them, instead of a timer per publish (a
+        # burst would push 10,000 timers through the loop's heap).
+        self._awaiting: dict[str, tuple[Due, Job, int, float, dict[str, str], float]] = {}
+        # Dispatches acknowledged and not yet counted in the metrics, by trigger.
+        self._uncounted: dict[str, int] = {}
         self._watchdog: asyncio.TimerHandle | None = None
         self.dispatched_total = 0
         self.duplicates = 0
@@ -205,99 +215,151 @@ class Dispatcher:
         return len(self._unfinished)
 
     async def submit_all(self, batch: Sequence[tuple[Due, Job]]) -> None:
-        """Publish every slot of `batch` (see `submit`), each the start of its run's trace,
-        yielding to the loop every YIELD_EVERY publishes."""
-        for i, (due, job) in enumerate(batch, 1):
-            if self.term.ended:
-                log.warning("%d due slots left to the next term: %s", len(batch) - i + 1, self.term.why)
-                # Given up like a publish the term could not finish: the watermark stays
-                # below them.
-                for left, _ in batch[i - 1 :]:
-                    self._abandoned[(left.job_id, left.slot_ms)] = left.slot_ms
-                return
-            await self.submit(due, job, trace=run_trace(due, job))
-            if i % YIELD_EVERY == 0:
-                await asyncio.sleep(0)
+        """Publish every slot of `batch` (see `submit`), each the start of its run's trace, in
+        batches of YIELD_EVERY with a yield to the loop after each."""
+        await self._submit(batch, run_trace)
 
     async def submit(self, due: Due, job: Job, *, trace: dict[str, str] | None = None) -> None:
         """Publish `due`; waits (bounded) only while `max_in_flight` publishes await their acks.
         `trace`: trace-context headers to send along (default: the current span's)."""
-        if self._room.locked():
-            await asyncio.wait_for(self._room.acquire(), timeout=self._publish_timeout * 3)
-        else:
-            await self._room.acquire()
-        self._unfinished[(due.job_id, due.slot_ms)] = due.slot_ms
-        self._idle.clear()
-        await self._send(due, job, 1, inject_headers() if trace is None else trace)
+        await self._submit([(due, job)], lambda _due, _job: inject_headers() if trace is None else trace)
+
+    async def _submit(
+        self, batch: Sequence[tuple[Due, Job]], trace_of: Callable[[Due, Job], dict[str, str]]
+    ) -> None:
+        """Take each slot into the window and publish it, a batch at a time. A slot is in the
+        window (`_unfinished`) from here until its publish is confirmed or given up; once the
+        term ends (or the window stays full, or this is cancelled), the slots not taken are
+        given up too: the watermark stays below them and the next term decides about them."""
+        chunk: list[tuple[Due, Job, int, dict[str, str]]] = []
+        taken = 0
+        try:
+            for due, job in batch:
+                if self.term.ended:
+                    break
+                if len(self._unfinished) >= self._max_in_flight:
+                    await self._send_many(chunk)
+                    chunk = []
+                    await self._wait_for_room()
+                self._unfinished[(due.job_id, due.slot_ms)] = due.slot_ms
+                self._idle.clear()
+                taken += 1
+                chunk.append((due, job, 1, trace_of(due, job)))
+                if len(chunk) >= YIELD_EVERY:
+                    await self._send_many(chunk)
+                    chunk = []
+                    await asyncio.sleep(0)
+            await self._send_many(chunk)
+            chunk = []
+        finally:
+            for due, _, _, _ in chunk:
+                self._finish(due, abandoned=True)
+            for due, _ in batch[taken:]:
+                self._abandoned[(due.job_id, due.slot_ms)] = due.slot_ms
+            if left := len(chunk) + len(batch) - taken:
+                log.warning("%d due slots left to the next term: %s", left, self.term.why or "not sent")
+
+    async def _wait_for_room(self) -> None:
+        self._room.clear()
+        while len(self._unfinished) >= self._max_in_flight:
+            await asyncio.wait_for(self._room.wait(), timeout=self._publish_timeout * 3)
+            self._room.clear()
+
+    def _room_freed(self) -> None:
+        if len(self._unfinished) < self._max_in_flight:
+            self._room.set()
+        if not self._unfinished:
+            self._idle.set()
 
     def _finish(self, due: Due, *, abandoned: bool = False) -> None:
         """The slot leaves the window: published, or (`abandoned`) given up unconfirmed."""
         key = (due.job_id, due.slot_ms)
         if self._unfinished.pop(key, None) is not None:
-            self._room.release()
             if abandoned:
                 self._abandoned[key] = due.slot_ms
-        if not self._unfinished:
-            self._idle.set()
+            self._room_freed()
 
-    async def _send(self, due: Due, job: Job, attempt: int, trace: dict[str, str]) -> None:
-        if not self.term.may_publish(time.monotonic()):
-            log.info("slot %s of job %s left to the next term", due.slot.isoformat(), job.job_id)
-            self._finish(due, abandoned=True)
+    async def _send_many(self, slots: Sequence[tuple[Due, Job, int, dict[str, str]]]) -> None:
+        """Publish `slots` (each taken into the window) in one batch, each only while the term
+        allows it."""
+        messages: list[Outgoing] = []
+        sent: list[tuple[Due, Job, int, float, dict[str, str]]] = []
+        for due, job, attempt, trace in slots:
+            if not self.term.may_publish(time.monotonic()):
+                log.info("slot %s of job %s left to the next term", due.slot.isoformat(), job.job_id)
+                self._finish(due, abandoned=True)
+                continue
+            # `attempt` counts publishes of this message (for the log and the backoff); the
+            # run's own attempt is 1 in every one of them.
+            payload, lateness_ms = encode_dispatch(due, job, scheduler=self._scheduler, now=self._clock())
+            headers = header_block({**trace, MSG_ID: msg_id_of(due.job_id, due.slot_ms)})
+            messages.append((self._names.dispatch_subject(job.pool, job.job_id), headers, payload))
+            sent.append((due, job, attempt, lateness_ms, trace))
+        if not messages:
             return
-        # `attempt` counts publishes of this message (for the log and the backoff); the run's
-        # own attempt is 1 in every one of them.
-        payload, lateness_ms = encode_dispatch(due, job, scheduler=self._scheduler, now=self._clock())
-        headers = {**trace, MSG_ID: msg_id_of(due.job_id, due.slot_ms)}
+        if not self.term.may_publish(time.monotonic()):
+            # The term ended while the batch was encoded.
+            log.info("%d slots left to the next term", len(sent))
+            for due, _, _, _, _ in sent:
+                self._finish(due, abandoned=True)
+            return
         try:
-            ack = await self._js.publish_async(
-                self._names.dispatch_subject(job.pool, job.job_id),
-                payload,
-                headers=headers,
-            )
+            keys = await self._js.publish_many(messages, self._acked)
         except Exception as exc:
-            self._failed(due, job, attempt, exc, trace)
+            for due, job, attempt, _, trace in sent:
+                self._failed(due, job, attempt, exc, trace)
             return
         loop = asyncio.get_running_loop()
-        self._awaiting[ack] = loop.time() + self._publish_timeout
+        deadline = loop.time() + self._publish_timeout
+        awaiting = self._awaiting
+        for key, (due, job, attempt, lateness_ms, trace) in zip(keys, sent, strict=True):
+            awaiting[key] = (due, job, attempt, lateness_ms, trace, deadline)
         if self._watchdog is None:
             self._watchdog = loop.call_later(self._publish_timeout / 4, self._give_up_late_acks)
-        ack.add_done_callback(lambda f: self._acked(f, due, job, attempt, lateness_ms, trace))
 
     def _give_up_late_acks(self) -> None:
-        """Cancel the acks awaited past their deadline (their slots are published again)."""
+        """Give up on the acks awaited past their deadline (their slots are published again)."""
         loop = asyncio.get_running_loop()
         now = loop.time()
-        for ack in [ack for ack, deadline in self._awaiting.items() if deadline <= now]:
-            ack.cancel()
+        late = []
+        for key, entry in self._awaiting.items():
+            if entry[-1] > now:
+                break
+            late.append(key)
+        for key in late:
+            due, job, attempt, _, trace, _ = self._awaiting.pop(key)
+            self._js.forget(key)
+            self._failed(due, job, attempt, TimeoutError(f"no ack within {self._publish_timeout}s"), trace)
         self._watchdog = (
             loop.call_later(self._publish_timeout / 4, self._give_up_late_acks) if self._awaiting else None
         )
 
-    def _acked(
-        self,
-        ack: asyncio.Future[PubAck],
-        due: Due,
-        job: Job,
-        attempt: int,
-        lateness_ms: float,
-        trace: dict[str, str],
-    ) -> None:
-        self._awaiting.pop(ack, None)
-        if ack.cancelled():
-            self._failed(due, job, attempt, TimeoutError(f"no ack within {self._publish_timeout}s"), trace)
+    def _acked(self, key: str, outcome: Acked | BaseException) -> None:
+        entry = self._awaiting.pop(key, None)
+        if entry is None:
+            # Given up on already (and published again).
             return
-        if (exc := ack.exception()) is not None:
-            self._failed(due, job, attempt, exc, trace)
+        due, job, attempt, lateness_ms, trace, _ = entry
+        if isinstance(outcome, BaseException):
+            self._failed(due, job, attempt, outcome, trace)
             return
-        if ack.result().duplicate:
+        if outcome.duplicate:
             self.duplicates += 1
         else:
             self.dispatched_total += 1
             self.last_lateness_ms = lateness_ms
             metrics.DISPATCH_LATENESS.observe(lateness_ms / 1000)
-            _dispatched_counter(due.trigger).inc()
+            if not self._uncounted:
+                asyncio.get_running_loop().call_soon(self._count_dispatched)
+            self._uncounted[due.trigger] = self._uncounted.get(due.trigger, 0) + 1
         self._finish(due)
+
+    def _count_dispatched(self) -> None:
+        """Add the dispatches acknowledged since the last call to the slots counter (once per
+        settlement of acks, not per dispatch)."""
+        uncounted, self._uncounted = self._uncounted, {}
+        for trigger, n in uncounted.items():
+            _dispatched_counter(trigger).inc(n)
 
     def _failed(self, due: Due, job: Job, attempt: int, exc: BaseException, trace: dict[str, str]) -> None:
         """Publish the slot again after a short backoff (the same Nats-Msg-Id: never twice)."""
@@ -318,7 +380,7 @@ class Dispatcher:
     async def _retry(self, due: Due, job: Job, attempt: int, trace: dict[str, str]) -> None:
         try:
             await asyncio.sleep(min(1.0, 0.1 * attempt))
-            await self._send(due, job, attempt, trace)
+            await self._send_many([(due, job, attempt, trace)])
         except asyncio.CancelledError:
             self._finish(due, abandoned=True)
             raise
