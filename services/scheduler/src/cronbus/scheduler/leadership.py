@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from datetime import UTC, datetime
@@ -165,6 +166,10 @@ class Leadership:
         queued = self.timetable.lead(
             start.at, now, dispatched, settled_before=start.at - HISTORY_MARGIN, grace=grace
         )
+        # What lives now (the job table, the heap, the modules) lives for the term: out of the
+        # collector's sight, a burst's garbage collections need not walk it again and again
+        # (at 10,000 jobs, a fifth of a burst's CPU time).
+        gc.freeze()
         self._unrecorded_term = LeaderTerm(
             leader=self.settings.instance_id,
             lease_revision=lease.revision or 0,
