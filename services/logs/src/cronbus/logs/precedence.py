@@ -21,7 +21,7 @@ Pure: no I/O. `store` turns these rules into SQL.
 
 from __future__ import annotations
 
-from typing import Final, get_args
+from typing import Any, Final, get_args
 
 from cronbus.shared.events import RunStatus
 
@@ -73,3 +73,72 @@ def progress(status: str, attempt: int) -> int:
 def finished_status(outcome: str, final: bool) -> str:
     """The run status a `run.finished` projects: its outcome, or `retrying` if more follow."""
     return outcome if final else RETRYING
+
+
+# --- the same rules in Python: a batch's events for one row folded into one ---
+#
+# A row here is a full `runs` or `run_attempts` row as one event writes it (None where the
+# event has nothing to say), plus the two names a runner comes by: run.started's names it,
+# run.finished's only fills a gap. The upserts in `store` take both names, so a row folded
+# from a started and a finished event keeps which name came from which.
+
+STARTED_RUNNER: Final = "started_runner"
+FINISHED_RUNNER: Final = "finished_runner"
+
+Row = dict[str, Any]
+
+
+def _runner_names(row: Row, new: Row) -> Row:
+    """The runner names of `row` followed by `new` (same attempt), and the runner they give."""
+    started = new[STARTED_RUNNER]
+    if started is None:
+        started = row[STARTED_RUNNER]
+    finished = row[FINISHED_RUNNER]
+    if finished is None:
+        finished = new[FINISHED_RUNNER]
+    runner = started if started is not None else finished
+    return {STARTED_RUNNER: started, FINISHED_RUNNER: finished, "runner": runner}
+
+
+# Attempt columns where a value beats NULL (SQL's coalesce(new, current)).
+_COALESCED: Final = tuple(n for n in ATTEMPT_COLUMNS if n not in ("runner", "output_bytes", "truncated"))
+_FRESH: Final = (*ATTEMPT_COLUMNS, STARTED_RUNNER, FINISHED_RUNNER)
+_FROM_DISPATCH: Final = ("job_id", "slot", *DISPATCH_COLUMNS)
+_FINISH_COLUMNS: Final = ("finished_at", "exit_code", "duration_ms", "error")
+
+
+def merge_run(row: Row, new: Row) -> Row:
+    """What the `runs` upsert makes of `row` when `new` (a later event's row) is written over
+    it: so upserting `merge_run(a, b)` equals upserting `a`, then `b`."""
+    out = dict(row)
+    if progress(new["status"], new["attempt"]) > progress(row["status"], row["attempt"]):
+        out["status"] = new["status"]
+    if new["dispatched_at"] is not None:
+        for name in _FROM_DISPATCH:
+            out[name] = new[name]
+    if new["attempt"] > row["attempt"]:
+        out["attempt"] = new["attempt"]
+        for name in _FRESH:
+            out[name] = new[name]
+    elif new["attempt"] == row["attempt"]:
+        for name in _COALESCED:
+            if new[name] is not None:
+                out[name] = new[name]
+        if new["output_bytes"] > row["output_bytes"]:
+            out["output_bytes"] = new["output_bytes"]
+        out["truncated"] = bool(new["truncated"] or row["truncated"])
+        out |= _runner_names(row, new)
+    return out
+
+
+def merge_attempt(row: Row, new: Row) -> Row:
+    """What the `run_attempts` upsert makes of `row` when `new` is written over it."""
+    out = dict(row)
+    if new["status"] != RUNNING:
+        out["status"] = new["status"]
+        for name in _FINISH_COLUMNS:
+            out[name] = new[name]
+    if new["started_at"] is not None:
+        out["started_at"] = new["started_at"]
+    out |= _runner_names(row, new)
+    return out

@@ -7,7 +7,9 @@ all (and will be delivered again). Every statement is an upsert that is safe to 
 
 Run events need no order (see `precedence`): each table gets ONE upsert statement for every
 kind of run event, built once, in which a column an event does not speak about is NULL and
-NULL means "no news". A batch is then written table by table, rows sorted by run id, as
+NULL means "no news". A batch's rows for one key are folded into one first, with the same
+rules in Python (`precedence.merge_run`, `merge_attempt`): a run's started and finished in
+one batch are one row. A batch is then written table by table, rows sorted by run id, as
 executemany rounds with at most one row per key. Sorted, single-pass writes also mean the
 DISPATCH and RUNS projectors, which write the same `runs` rows, take row locks in the same
 order and cannot deadlock on PostgreSQL.
@@ -97,8 +99,8 @@ class HistoryWriter:
         # comes last (see _store_output).
         dialect = engine.dialect
         self._run_upserts: list[tuple[Table, Prepared]] = [
-            (runs, Prepared(self._runs_upsert(), dialect, runs)),
-            (run_attempts, Prepared(self._attempts_upsert(), dialect, run_attempts)),
+            (runs, Prepared(self._runs_upsert(), dialect, runs, _RUNNER_NAMES)),
+            (run_attempts, Prepared(self._attempts_upsert(), dialect, run_attempts, _RUNNER_NAMES)),
         ]
         # Insert-if-absent, answering the keys it did insert: only those add to the run's size.
         self._chunks_insert = Prepared(
@@ -274,11 +276,7 @@ class HistoryWriter:
         for name in precedence.ATTEMPT_COLUMNS:
             current = runs.c[name]
             if name == "runner":
-                # run.started names the runner; run.finished's only fills a gap.
-                merged: ColumnElement[Any] = case(
-                    (new.status == precedence.RUNNING, func.coalesce(new.runner, current)),
-                    else_=func.coalesce(current, new.runner),
-                )
+                merged: ColumnElement[Any] = _runner_merged(current)
             elif name == "output_bytes":
                 merged = case((new.output_bytes > current, new.output_bytes), else_=current)
             elif name == "truncated":
@@ -296,10 +294,9 @@ class HistoryWriter:
         started = new.status == precedence.RUNNING
         set_: dict[str, Any] = {
             "status": case((started, current.status), else_=new.status),
-            "runner": case((started, func.coalesce(new.runner, current.runner)),
-                           else_=func.coalesce(current.runner, new.runner)),
+            "runner": _runner_merged(current.runner),
             "started_at": func.coalesce(new.started_at, current.started_at),
-        }  # fmt: skip
+        }
         for name in ("finished_at", "exit_code", "duration_ms", "error"):
             set_[name] = case((started, current[name]), else_=new[name])
         return stmt.on_conflict_do_update(index_elements=["run_id", "attempt"], set_=set_)
@@ -340,9 +337,10 @@ class Prepared:
     # parameters per statement (32766 and 32767) for any table here.
     _ROWS_PER_STATEMENT = 500
 
-    def __init__(self, stmt: Insert, dialect: Dialect, table: Table) -> None:
-        columns = [c.key for c in table.columns]
-        compiled = stmt.compile(dialect=dialect, column_keys=columns)
+    def __init__(self, stmt: Insert, dialect: Dialect, table: Table, extra: Sequence[str] = ()) -> None:
+        """`extra`: names of parameters beyond the table's columns that each row gives."""
+        compiled = stmt.compile(dialect=dialect, column_keys=[c.key for c in table.columns])
+        columns = [c.key for c in table.columns] + list(extra)
         names: list[str] = list(compiled.positiontup or ())
         self._processors: list[tuple[str, Callable[[Any], Any]]] = []
         self._constants: dict[str, Any] = {}
@@ -447,6 +445,18 @@ def _audit_row(event: AnyEvent) -> dict[str, Any] | None:
     }
 
 
+def _runner_merged(current: ColumnElement[Any]) -> ColumnElement[Any]:
+    """The runner of a row that has `current`, after the names a row being written brings
+    (bound per row, beside its columns; see precedence.merge_run): run.started names the
+    runner, run.finished only fills a gap."""
+    return func.coalesce(_STARTED_RUNNER, current, _FINISHED_RUNNER)
+
+
+_STARTED_RUNNER = bindparam(precedence.STARTED_RUNNER, type_=runs.c.runner.type)
+_FINISHED_RUNNER = bindparam(precedence.FINISHED_RUNNER, type_=runs.c.runner.type)
+_RUNNER_NAMES = (precedence.STARTED_RUNNER, precedence.FINISHED_RUNNER)
+
+
 def _progress(status: ColumnElement[Any], attempt: ColumnElement[Any]) -> ColumnElement[int]:
     """precedence.progress() as SQL, for the row's and the incoming status."""
     phase = case(
@@ -478,6 +488,22 @@ def _run_rows(events: Iterable[AnyEvent]) -> dict[str, list[_Row]]:
             out[log_chunks.name].extend(_chunk_row(event, part) for part in event.output)
     for rows in out.values():
         rows.sort(key=lambda row: row.key)
+    out[runs.name] = _folded(out[runs.name], precedence.merge_run)
+    out[run_attempts.name] = _folded(out[run_attempts.name], precedence.merge_attempt)
+    return out
+
+
+def _folded(
+    rows: list[_Row], merge: Callable[[precedence.Row, precedence.Row], precedence.Row]
+) -> list[_Row]:
+    """`rows` (sorted by key, in event order within a key) with the rows of each key merged
+    into one, as the upsert would merge them written one after the other."""
+    out: list[_Row] = []
+    for row in rows:
+        if out and out[-1].key == row.key:
+            out[-1] = _Row(row.key, merge(out[-1].values, row.values))
+        else:
+            out.append(row)
     return out
 
 
@@ -525,6 +551,8 @@ def _runs_values(event: RunDispatched | RunStarted | RunFinished) -> dict[str, A
         "dispatched_at": None,
         "lateness_ms": None,
         **precedence.ATTEMPT_COLUMNS,
+        precedence.STARTED_RUNNER: None,
+        precedence.FINISHED_RUNNER: None,
     }
     match event:
         case RunDispatched():
@@ -537,11 +565,11 @@ def _runs_values(event: RunDispatched | RunStarted | RunFinished) -> dict[str, A
                 "lateness_ms": event.lateness_ms,
             }
         case RunStarted():
-            values |= {"status": precedence.RUNNING, "runner": event.runner, "started_at": event.occurred_at}
+            values |= {"status": precedence.RUNNING, "started_at": event.occurred_at, **_started_by(event)}
         case RunFinished():
             values |= {
                 "status": precedence.finished_status(event.status, event.final),
-                "runner": event.runner or None,
+                **_finished_by(event),
                 "finished_at": event.occurred_at,
                 "exit_code": event.exit_code,
                 "duration_ms": event.duration_ms,
@@ -567,14 +595,23 @@ def _attempts_values(event: RunStarted | RunFinished) -> dict[str, Any]:
         "error": None,
     }
     if isinstance(event, RunStarted):
-        values |= {"runner": event.runner, "started_at": event.occurred_at}
+        values |= {"started_at": event.occurred_at, **_started_by(event)}
     else:
         values |= {
             "status": event.status,
-            "runner": event.runner or None,
+            **_finished_by(event),
             "finished_at": event.occurred_at,
             "exit_code": event.exit_code,
             "duration_ms": event.duration_ms,
             "error": event.error or None,
         }
     return values
+
+
+def _started_by(event: RunStarted) -> dict[str, Any]:
+    return {"runner": event.runner, precedence.STARTED_RUNNER: event.runner, precedence.FINISHED_RUNNER: None}
+
+
+def _finished_by(event: RunFinished) -> dict[str, Any]:
+    runner = event.runner or None
+    return {"runner": runner, precedence.STARTED_RUNNER: None, precedence.FINISHED_RUNNER: runner}
