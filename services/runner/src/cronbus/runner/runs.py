@@ -127,8 +127,19 @@ class EventPublisher:
         """
         headers = _trace_headers(msg_id)
         payload = encode(event)
+        began = asyncio.get_running_loop().time()
+        try:
+            # The first try goes straight to the client: nearly every publish needs no other.
+            await self.streams.publish(subject, payload, headers)
+            return
+        except Exception as exc:
+            failure = exc
         await self._retrying(
-            lambda: self.streams.publish(subject, payload, headers), f"publish {subject}", persist
+            lambda: self.streams.publish(subject, payload, headers),
+            f"publish {subject}",
+            persist,
+            began=began,
+            failure=failure,
         )
 
     async def publish_all(self, messages: Sequence[Outgoing]) -> None:
@@ -159,19 +170,25 @@ class EventPublisher:
             await self.publish(message.subject, message.event, message.msg_id)
 
     async def last_run_event(self, stream: str, subject: str) -> RunEvents | None:
-        async def read() -> RunEvents | None:
+        began = asyncio.get_running_loop().time()
+        data: object
+        try:
             data = await self.streams.last_message(stream, subject)
-            if data is None:
-                return None
-            try:
-                return decode_run_event(data)
-            except MalformedEvent as exc:
-                log.warning("last event on %s is unreadable (%s); treating the run as new", subject, exc)
-                return None
-
-        result = await self._retrying(read, f"read {subject}")
-        assert result is None or isinstance(result, RunDispatched | RunStarted | RunFinished)
-        return result
+        except Exception as exc:
+            data = await self._retrying(
+                lambda: self.streams.last_message(stream, subject),
+                f"read {subject}",
+                began=began,
+                failure=exc,
+            )
+        if data is None:
+            return None
+        assert isinstance(data, bytes)
+        try:
+            return decode_run_event(data)
+        except MalformedEvent as exc:
+            log.warning("last event on %s is unreadable (%s); treating the run as new", subject, exc)
+            return None
 
     async def run_history(self, stream: str, subject: str) -> list[RunEvents]:
         """Every readable event on `subject`, oldest first."""
@@ -197,30 +214,44 @@ class EventPublisher:
         return result
 
     async def _retrying(
-        self, op: Callable[[], Awaitable[object]], what: str, persist: Callable[[], bool] | None = None
+        self,
+        op: Callable[[], Awaitable[object]],
+        what: str,
+        persist: Callable[[], bool] | None = None,
+        *,
+        began: float | None = None,
+        failure: Exception | None = None,
     ) -> object:
+        """`op()` until it succeeds, for `patience` seconds from `began` (default: now).
+
+        `failure` is how a first try, made by the caller, failed.
+        """
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.patience
+        deadline = (loop.time() if began is None else began) + self.patience
         pause = 0.1
         overdue = False
         while True:
-            try:
-                return await op()
-            except Exception as exc:
-                if loop.time() + pause > deadline:
-                    if persist is None or not persist():
-                        raise
-                    if not overdue:
-                        overdue = True
-                        log.error(
-                            "%s failed for %.0fs (%s); retrying until it succeeds",
-                            what,
-                            self.patience,
-                            exc or type(exc).__name__,
-                        )
-                log.warning("%s failed (%s); retrying", what, exc or type(exc).__name__)
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, 1.0)
+            if failure is None:
+                try:
+                    return await op()
+                except Exception as exc:
+                    failure = exc
+                    continue
+            error, failure = failure, None
+            if loop.time() + pause > deadline:
+                if persist is None or not persist():
+                    raise error
+                if not overdue:
+                    overdue = True
+                    log.error(
+                        "%s failed for %.0fs (%s); retrying until it succeeds",
+                        what,
+                        self.patience,
+                        error or type(error).__name__,
+                    )
+            log.warning("%s failed (%s); retrying", what, error or type(error).__name__)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 1.0)
 
 
 class PoolMetrics:
