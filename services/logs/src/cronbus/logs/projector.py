@@ -199,7 +199,7 @@ class Projector:
                 await stopped_within(stopping, delay)
         await self._unsubscribe()
 
-    def _contiguous(self, msgs: Sequence[Msg]) -> bool:
+    def _contiguous(self, msgs: Sequence[Delivery]) -> bool:
         """Whether `msgs` follow the last delivery without a gap, and no reconnect came between.
 
         Otherwise something was delivered and lost (a dropped connection, a dropped slow
@@ -211,7 +211,7 @@ class Projector:
             )
             return False
         for msg in msgs:
-            delivered = msg.metadata.sequence.consumer
+            delivered = msg.delivered
             if delivered != self._delivered + 1:
                 log.warning(
                     "%s: delivery %d came after %d, so one went missing; binding again from the position",
@@ -221,7 +221,7 @@ class Projector:
             self._delivered = delivered
         return True
 
-    async def _in_stream_order(self, msgs: Sequence[Msg]) -> bool:
+    async def _in_stream_order(self, msgs: Sequence[Delivery]) -> bool:
         """Whether `msgs` continue the stream where the last one left off (or repeat what came
         before, which the position skips).
 
@@ -232,7 +232,7 @@ class Projector:
         would otherwise move the position over events that were never applied.
         """
         for msg in msgs:
-            seq = msg.metadata.sequence.stream
+            seq = msg.seq
             if seq < self._next_seq:
                 continue
             if seq > self._next_seq and not await self._gone(self._next_seq, seq):
@@ -262,11 +262,11 @@ class Projector:
                         self.feed.consumer)  # fmt: skip
             self._stale = True
 
-    async def _project(self, msgs: Sequence[Msg], stopping: asyncio.Event) -> None:
+    async def _project(self, msgs: Sequence[Delivery], stopping: asyncio.Event) -> None:
         """Apply one fetched batch until it is durable, then ack it (poison set aside included:
         it is recorded, and the position has moved past it)."""
-        batch = [(msg, self._read(msg)) for msg in sorted(msgs, key=lambda m: m.metadata.sequence.stream)]
-        first_seq, last_seq = batch[0][0].metadata.sequence.stream, batch[-1][0].metadata.sequence.stream
+        batch = [(msg, self._read(msg)) for msg in sorted(msgs, key=lambda m: m.seq)]
+        first_seq, last_seq = batch[0][0].seq, batch[-1][0].seq
         failures = 0
         while True:
             try:
@@ -301,20 +301,19 @@ class Projector:
         metrics.PROJECTION_EVENTS.labels(self.feed.stream).inc(len(batch) - len(set_aside))
         metrics.PROJECTION_REJECTED.labels(self.feed.stream).inc(len(set_aside))
         # What the stream holds beyond this batch: the projection's lag, in events.
-        pending = batch[-1][0].metadata.num_pending
+        pending = batch[-1][0].pending
         metrics.PROJECTION_LAG.labels(self.feed.stream).set(pending)
         metrics.CONSUMER_PENDING.labels(self.feed.stream, self.feed.consumer).set(pending)
         # AckPolicy.ALL: acking the last delivery acknowledges every one before it.
-        last = max(msgs, key=lambda m: m.metadata.sequence.consumer)
+        last = max(msgs, key=lambda m: m.delivered)
         try:
-            await last.ack()
+            await last.msg.ack()
         except Exception as exc:
             # Already durable: a lost ack only means a redelivery, which is skipped.
             log.info("%s: ack up to seq %d failed: %s", self.feed.consumer, last_seq, exc)
 
-    def _read(self, msg: Msg) -> Decoded:
-        seq = msg.metadata.sequence.stream
-        decoded = read_message(self.feed.decode, self.feed.stream, seq, msg.subject, msg.data)
+    def _read(self, msg: Delivery) -> Decoded:
+        decoded = read_message(self.feed.decode, self.feed.stream, msg.seq, msg.msg.subject, msg.msg.data)
         if decoded.rejection is not None:
             self._log_rejection(decoded.rejection)
         return decoded
@@ -331,7 +330,7 @@ class Projector:
             self.feed.consumer, rejection.stream, rejection.seq, rejection.subject, rejection.reason,
         )  # fmt: skip
 
-    async def _write(self, batch: Sequence[tuple[Msg, Decoded]]) -> set[int]:
+    async def _write(self, batch: Sequence[tuple[Delivery, Decoded]]) -> set[int]:
         """Write the batch in one transaction; if the data of some event makes that fail, write
         it event by event so only the poison events are set aside. Transient errors raise.
         The stream sequences set aside are returned."""
@@ -339,7 +338,7 @@ class Projector:
             self.writer,
             self.feed.consumer,
             self.feed.stream,
-            [(msg.metadata.sequence.stream, msg.subject, msg.data, decoded) for msg, decoded in batch],
+            [(msg.seq, msg.msg.subject, msg.msg.data, decoded) for msg, decoded in batch],
         )
         self.applied += result.applied
         for rejection in result.poisoned:
@@ -355,6 +354,29 @@ class Projector:
             await pull.stop()
         except Exception as exc:
             log.debug("%s: unsubscribe failed: %s", self.feed.consumer, exc)
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A message of a pull consumer, with its place read from the reply subject once."""
+
+    msg: Msg
+    # The stream sequence, the consumer's delivery sequence, and what the stream holds for
+    # the consumer beyond this message.
+    seq: int
+    delivered: int
+    pending: int
+
+    @classmethod
+    def of(cls, msg: Msg) -> Delivery:
+        """Raises ValueError if `msg` is not a JetStream delivery."""
+        # $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<delivery seq>.<time>.<pending>;
+        # newer servers put <domain>.<account hash> after ACK and a token at the end.
+        tokens = (msg.reply or "").split(".")
+        if len(tokens) < 9 or tokens[0] != "$JS" or tokens[1] != "ACK":
+            raise ValueError(f"not a JetStream reply subject: {msg.reply!r}")
+        i = 2 if len(tokens) == 9 else 4
+        return cls(msg, int(tokens[i + 3]), int(tokens[i + 4]), int(tokens[i + 6]))
 
 
 class PullRefused(Exception):
@@ -388,7 +410,7 @@ class Pull:
         self._next = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
         self._inbox = nc.new_inbox()
         self._sub: Subscription | None = None
-        self._received: list[Msg] = []
+        self._received: list[Delivery] = []
         # The fetch in progress is answered once `_received` holds `_wanted` or `_ended` is set.
         self._wanted = 0
         self._ended = False
@@ -406,7 +428,7 @@ class Pull:
         if sub is not None:
             await sub.unsubscribe()
 
-    async def fetch(self, batch: int, timeout: float) -> list[Msg]:
+    async def fetch(self, batch: int, timeout: float) -> list[Delivery]:
         """Up to `batch` messages in delivery order; none if nothing came within `timeout`."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -442,7 +464,13 @@ class Pull:
     async def _receive(self, msg: Msg) -> None:
         status = msg.headers.get("Status") if msg.headers else None
         if status is None:
-            self._received.append(msg)
+            try:
+                self._received.append(Delivery.of(msg))
+            except ValueError:
+                # Not a JetStream delivery; the gap it leaves in the delivery sequence (if it
+                # was one) makes the projector bind again.
+                log.warning("pull %s: a message without a JetStream reply subject: %r", self._next, msg.reply)
+                return
             if len(self._received) >= self._wanted:
                 self._answered.set()
             return
@@ -503,23 +531,23 @@ async def write_batch(
     return Written(applied, set_aside, poisoned)
 
 
-async def _keep_in_flight(msgs: Sequence[Msg]) -> None:
+async def _keep_in_flight(msgs: Sequence[Delivery]) -> None:
     """Tell the server the batch is still being worked on, so it is not redelivered meanwhile."""
     for msg in msgs:
         try:
-            await msg.in_progress()
+            await msg.msg.in_progress()
         except Exception:
             # NATS is away too; the batch is re-bound from the position if it comes to that.
             return
 
 
-def _links(msgs: Sequence[Msg]) -> list[trace.Link]:
+def _links(msgs: Sequence[Delivery]) -> list[trace.Link]:
     """A link to the trace of every message that carries one (a batch has many parents)."""
     links = []
-    for msg in msgs:
-        if not msg.headers:
+    for delivery in msgs:
+        if not delivery.msg.headers:
             continue
-        ctx = trace.get_current_span(extract_context(msg.headers)).get_span_context()
+        ctx = trace.get_current_span(extract_context(delivery.msg.headers)).get_span_context()
         if ctx.is_valid:
             links.append(trace.Link(ctx))
     return links

@@ -358,6 +358,8 @@ class Prepared:
         self._get = itemgetter(*names)
         self.sql = compiled.string
         self._positional_numbers = dialect.paramstyle == "numeric_dollar"
+        # The multi-row statements built so far, by row count (batches repeat their sizes).
+        self._multi_row: dict[int, str] = {}
 
     def parameters(self, row: dict[str, Any]) -> tuple[Any, ...]:
         """The driver's parameters for one row (a value for each column of the table)."""
@@ -388,6 +390,14 @@ class Prepared:
         return out
 
     def _multi_row_sql(self, count: int) -> str:
+        sql = self._multi_row.get(count)
+        if sql is None:
+            if len(self._multi_row) >= 16:
+                self._multi_row.clear()
+            sql = self._multi_row[count] = self._repeat_values(count)
+        return sql
+
+    def _repeat_values(self, count: int) -> str:
         head, _, rest = self.sql.partition(" VALUES (")
         group, _, tail = rest.partition(")")
         if self._constants or ")" in group:
