@@ -27,6 +27,7 @@ import logging
 import re
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
 from operator import itemgetter
 from typing import Any
 
@@ -54,6 +55,7 @@ from cronbus.shared.events import (
     utcnow,
 )
 from cronbus.shared.history.schema import (
+    UTCDateTime,
     audit,
     jobs,
     log_chunks,
@@ -205,7 +207,8 @@ class HistoryWriter:
     # --- audit: job events and AuditRecorded, one row per event, keyed by the event id ---
 
     async def _record_audit(self, conn: AsyncConnection, events: Sequence[AnyEvent]) -> None:
-        rows = [row for event in events if (row := _audit_row(event)) is not None]
+        audited = [event for event in events if isinstance(event, _AUDITED)]
+        rows = [row for event in audited if (row := _audit_row(event)) is not None]
         if rows:
             stmt = self.insert(audit).on_conflict_do_nothing(index_elements=["id"])
             await conn.execute(stmt, rows)
@@ -347,6 +350,8 @@ class Prepared:
         for name in dict.fromkeys(names):
             bind = compiled.binds[name]
             process = bind.type.dialect_impl(dialect).bind_processor(dialect)
+            if process is not None and isinstance(bind.type, UTCDateTime) and dialect.name == "sqlite":
+                process = _sqlite_utc_text if _same_text(process) else process
             if name in columns:
                 if process is not None:
                     self._processors.append((name, process))
@@ -412,6 +417,27 @@ class Prepared:
         return f"{head} VALUES {', '.join(numbered(i) for i in range(count))}{tail}"
 
 
+def _sqlite_utc_text(value: datetime | None) -> str | None:
+    """What UTCDateTime and SQLite's DATETIME make of `value` (text in UTC, microseconds
+    always), in one step: theirs were a tenth of the projection's CPU time."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise ValueError("naive datetime given to a UTC column")
+    return value.astimezone(UTC).isoformat(" ", "microseconds")[:-6]
+
+
+def _same_text(process: Callable[[Any], Any]) -> bool:
+    """Whether `_sqlite_utc_text` stores what SQLAlchemy's `process` stores (checked once, so
+    a change of storage format shows as a slower projection, never as other text)."""
+    samples = [
+        datetime(2026, 11, 22, 3, 0, tzinfo=UTC),
+        datetime(2026, 3, 29, 1, 59, 59, 999_999, tzinfo=timezone(timedelta(hours=-7, minutes=-30))),
+        datetime(999, 1, 2, 3, 4, 5, 6, tzinfo=UTC),
+    ]
+    return all(process(t) == _sqlite_utc_text(t) for t in samples)
+
+
 _PLACEHOLDER = re.compile(r"\$(\d+)")
 
 
@@ -423,6 +449,10 @@ _POSITION = select(projector_positions.c.stream_seq).where(
 async def _position(conn: AsyncConnection, consumer: str) -> int:
     seq = await conn.scalar(_POSITION, {"consumer": consumer})
     return int(seq or 0)
+
+
+# The events with an `audit` row (see _audit_row).
+_AUDITED = (AuditRecorded, JobCreated, JobUpdated, JobDeleted, JobPaused, JobResumed)
 
 
 def _audit_row(event: AnyEvent) -> dict[str, Any] | None:
