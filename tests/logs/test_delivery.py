@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from typing import Any, cast
 
+import pytest
+from nats.aio.msg import Msg
 from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from cronbus.logs.projector import feeds
+from cronbus.logs.projector import Delivery, feeds
 from cronbus.shared.bus import Bus
 from cronbus.shared.events import Event
 from cronbus.shared.history.schema import jobs, log_chunks, projector_positions, run_attempts, runs
@@ -183,3 +186,21 @@ async def test_a_delivery_lost_in_transit_is_delivered_again_at_once(
 
 async def _run_status(history: AsyncEngine, run_id: str, status: str) -> bool:
     return any(r["id"] == run_id and r["status"] == status for r in await rows(history, runs))
+
+
+def _delivered(reply: str) -> Msg:
+    """A message as the server delivers it to a pull request (no client: nothing is sent)."""
+    return Msg(_client=cast(Any, None), subject="s", reply=reply)
+
+
+def test_a_deliverys_sequences_are_read_from_either_form_of_reply_subject():
+    older = _delivered("$JS.ACK.RUNS.logs-runs.1.42.7.1700000000000000000.3")
+    newer = _delivered("$JS.ACK.hub.ACCHASH.RUNS.logs-runs.2.42.7.1700000000000000000.3.xyz")
+    for msg in (older, newer):
+        delivery = Delivery.of(msg)
+        assert (delivery.seq, delivery.delivered, delivery.pending) == (42, 7, 3)
+        assert delivery.seq == msg.metadata.sequence.stream
+        assert delivery.delivered == msg.metadata.sequence.consumer
+        assert delivery.pending == msg.metadata.num_pending
+    with pytest.raises(ValueError):
+        Delivery.of(_delivered("_INBOX.abc"))
