@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+import re
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -18,7 +19,7 @@ from nats.js.api import PubAck
 from nats.js.errors import NoStreamResponseError
 
 from cronbus.scheduler.app import open_bus
-from cronbus.scheduler.dispatch import YIELD_EVERY, Dispatcher, encode_dispatch, run_id_of
+from cronbus.scheduler.dispatch import YIELD_EVERY, Dispatcher, dispatch_headers, encode_dispatch, run_id_of
 from cronbus.scheduler.domain import Due, Fence, Timetable, msg_id_of, to_ms, watermark_of
 from cronbus.scheduler.lease import Term
 from cronbus.scheduler.publish import Acked, AckedPublisher, OnAck, Outgoing, header_block
@@ -27,6 +28,7 @@ from cronbus.shared.events import JobCreated, RunDispatched, decode_dispatch, di
 from cronbus.shared.names import Names
 from cronbus.shared.natsd import EmbeddedNats
 from cronbus.shared.settings import Settings
+from cronbus.shared.tracing import trace_id_of
 from tests.scheduler.support import spec
 from tests.support import wait_for
 
@@ -242,6 +244,45 @@ async def test_a_batch_reaches_the_stream_with_its_headers(settings: Settings) -
     finally:
         await publisher.stop()
         await bus.close()
+
+
+async def test_acknowledgements_are_settled_while_publishing_goes_on(settings: Settings) -> None:
+    """Settling waits for publishing to pause, but not for ever: a publisher that never pauses
+    still gets its acknowledgements (within SETTLE_WITHIN)."""
+    bus = await Bus.open(settings, "test")
+    publisher = AckedPublisher(bus.nc)
+    await publisher.start()
+    try:
+        subject = settings.names.dispatch_subject("default", "a")
+        outcomes: dict[str, Acked | BaseException] = {}
+        deadline = time.monotonic() + 10
+        n = 0
+        while not outcomes:
+            assert time.monotonic() < deadline, "no acknowledgement settled while publishing"
+            await publisher.publish_many(
+                [(subject, header_block({MSG_ID: f"a:{n}"}), b"{}")], outcomes.__setitem__
+            )
+            n += 1
+            await asyncio.sleep(0)
+        assert all(isinstance(o, Acked) and not o.duplicate for o in outcomes.values())
+    finally:
+        await publisher.stop()
+        await bus.close()
+
+
+def test_a_dispatch_carries_its_msg_id_and_starts_a_trace_of_its_own() -> None:
+    _, _, table = _setup([])
+    job = table.jobs["a"]
+    blocks = [dispatch_headers(Due("a", to_ms(SLOT), SLOT.timestamp()), job) for _ in range(2)]
+    parsed = []
+    for block in blocks:
+        lines = block.decode().split("\r\n")
+        assert lines[0] == "NATS/1.0" and lines[-2:] == ["", ""]
+        parsed.append(dict(line.split(": ", 1) for line in lines[1:-2]))
+    assert [set(h) for h in parsed] == [{"traceparent", MSG_ID}] * 2
+    assert {h[MSG_ID] for h in parsed} == {dispatch_msg_id("a", SLOT)}
+    trace_ids = {trace_id_of(h) for h in parsed}
+    assert len(trace_ids) == 2 and all(t and re.fullmatch("[0-9a-f]{32}", t) for t in trace_ids)
 
 
 async def test_slots_given_up_when_a_drain_times_out_hold_the_watermark_back() -> None:

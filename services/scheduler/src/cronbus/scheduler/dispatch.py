@@ -44,6 +44,10 @@ _tracer = tracer(__name__)
 # switch, few enough that the connection's writer sends the first slots of a burst while the
 # rest are encoded.
 YIELD_EVERY = 256
+# Publishes awaiting their acks at most: a burst of 10,000 slots due together goes out without
+# waiting for any (their acks are settled after it, see `publish.SETTLE_WITHIN`); a bigger one
+# waits for room. What the window holds per slot is a few hundred bytes.
+MAX_IN_FLIGHT = 10_000
 
 
 def _wire_struct() -> type[msgspec.Struct]:
@@ -151,6 +155,19 @@ def run_trace(due: Due, job: Job) -> dict[str, str]:
         return inject_headers()
 
 
+def dispatch_headers(due: Due, job: Job) -> bytes:
+    """The header block of a slot's dispatch: its Nats-Msg-Id and the trace its run starts
+    (`run_trace`). Built once per slot: publishing the slot again sends the same block. (A job
+    id holding a line break cannot get into it: the slot's subject holds the job id too, and
+    `publish_many` refuses such a subject.)"""
+    msg_id = msg_id_of(due.job_id, due.slot_ms)
+    if exporting():
+        return header_block({**run_trace(due, job), MSG_ID: msg_id})
+    # What `header_block` makes of `run_trace`'s headers, in one format.
+    traceparent = new_trace_headers()["traceparent"]
+    return f"NATS/1.0\r\ntraceparent: {traceparent}\r\n{MSG_ID}: {msg_id}\r\n\r\n".encode()
+
+
 class Dispatcher:
     """Publishes the slots of one term with at most `max_in_flight` publishes awaiting their
     acks."""
@@ -162,7 +179,7 @@ class Dispatcher:
         scheduler: str,
         term: Term,
         *,
-        max_in_flight: int = 4000,
+        max_in_flight: int = MAX_IN_FLIGHT,
         publish_timeout: float = 2.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -187,7 +204,7 @@ class Dispatcher:
         # Publish key -> the slot's publish and when to give up on its ack, in the order sent
         # (so in deadline order). One watchdog sweeps them, instead of a timer per publish (a
         # burst would push 10,000 timers through the loop's heap).
-        self._awaiting: dict[str, tuple[Due, Job, int, float, dict[str, str], float]] = {}
+        self._awaiting: dict[str, tuple[Due, Job, int, float, bytes, float]] = {}
         # Dispatches acknowledged and not yet counted in the metrics, by trigger.
         self._uncounted: dict[str, int] = {}
         self._watchdog: asyncio.TimerHandle | None = None
@@ -217,21 +234,24 @@ class Dispatcher:
     async def submit_all(self, batch: Sequence[tuple[Due, Job]]) -> None:
         """Publish every slot of `batch` (see `submit`), each the start of its run's trace, in
         batches of YIELD_EVERY with a yield to the loop after each."""
-        await self._submit(batch, run_trace)
+        await self._submit(batch, dispatch_headers)
 
     async def submit(self, due: Due, job: Job, *, trace: dict[str, str] | None = None) -> None:
         """Publish `due`; waits (bounded) only while `max_in_flight` publishes await their acks.
         `trace`: trace-context headers to send along (default: the current span's)."""
-        await self._submit([(due, job)], lambda _due, _job: inject_headers() if trace is None else trace)
+        headers = header_block(
+            {**(inject_headers() if trace is None else trace), MSG_ID: msg_id_of(due.job_id, due.slot_ms)}
+        )
+        await self._submit([(due, job)], lambda _due, _job: headers)
 
     async def _submit(
-        self, batch: Sequence[tuple[Due, Job]], trace_of: Callable[[Due, Job], dict[str, str]]
+        self, batch: Sequence[tuple[Due, Job]], headers_of: Callable[[Due, Job], bytes]
     ) -> None:
         """Take each slot into the window and publish it, a batch at a time. A slot is in the
         window (`_unfinished`) from here until its publish is confirmed or given up; once the
         term ends (or the window stays full, or this is cancelled), the slots not taken are
         given up too: the watermark stays below them and the next term decides about them."""
-        chunk: list[tuple[Due, Job, int, dict[str, str]]] = []
+        chunk: list[tuple[Due, Job, int, bytes]] = []
         taken = 0
         try:
             for due, job in batch:
@@ -244,7 +264,7 @@ class Dispatcher:
                 self._unfinished[(due.job_id, due.slot_ms)] = due.slot_ms
                 self._idle.clear()
                 taken += 1
-                chunk.append((due, job, 1, trace_of(due, job)))
+                chunk.append((due, job, 1, headers_of(due, job)))
                 if len(chunk) >= YIELD_EVERY:
                     await self._send_many(chunk)
                     chunk = []
@@ -279,12 +299,12 @@ class Dispatcher:
                 self._abandoned[key] = due.slot_ms
             self._room_freed()
 
-    async def _send_many(self, slots: Sequence[tuple[Due, Job, int, dict[str, str]]]) -> None:
-        """Publish `slots` (each taken into the window) in one batch, each only while the term
-        allows it."""
+    async def _send_many(self, slots: Sequence[tuple[Due, Job, int, bytes]]) -> None:
+        """Publish `slots` (each taken into the window, with its header block) in one batch,
+        each only while the term allows it."""
         messages: list[Outgoing] = []
-        sent: list[tuple[Due, Job, int, float, dict[str, str]]] = []
-        for due, job, attempt, trace in slots:
+        sent: list[tuple[Due, Job, int, float, bytes]] = []
+        for due, job, attempt, headers in slots:
             if not self.term.may_publish(time.monotonic()):
                 log.info("slot %s of job %s left to the next term", due.slot.isoformat(), job.job_id)
                 self._finish(due, abandoned=True)
@@ -292,9 +312,8 @@ class Dispatcher:
             # `attempt` counts publishes of this message (for the log and the backoff); the
             # run's own attempt is 1 in every one of them.
             payload, lateness_ms = encode_dispatch(due, job, scheduler=self._scheduler, now=self._clock())
-            headers = header_block({**trace, MSG_ID: msg_id_of(due.job_id, due.slot_ms)})
             messages.append((self._names.dispatch_subject(job.pool, job.job_id), headers, payload))
-            sent.append((due, job, attempt, lateness_ms, trace))
+            sent.append((due, job, attempt, lateness_ms, headers))
         if not messages:
             return
         if not self.term.may_publish(time.monotonic()):
@@ -306,14 +325,14 @@ class Dispatcher:
         try:
             keys = await self._js.publish_many(messages, self._acked)
         except Exception as exc:
-            for due, job, attempt, _, trace in sent:
-                self._failed(due, job, attempt, exc, trace)
+            for due, job, attempt, _, headers in sent:
+                self._failed(due, job, attempt, exc, headers)
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._publish_timeout
         awaiting = self._awaiting
-        for key, (due, job, attempt, lateness_ms, trace) in zip(keys, sent, strict=True):
-            awaiting[key] = (due, job, attempt, lateness_ms, trace, deadline)
+        for key, (due, job, attempt, lateness_ms, headers) in zip(keys, sent, strict=True):
+            awaiting[key] = (due, job, attempt, lateness_ms, headers, deadline)
         if self._watchdog is None:
             self._watchdog = loop.call_later(self._publish_timeout / 4, self._give_up_late_acks)
 
@@ -327,9 +346,9 @@ class Dispatcher:
                 break
             late.append(key)
         for key in late:
-            due, job, attempt, _, trace, _ = self._awaiting.pop(key)
+            due, job, attempt, _, headers, _ = self._awaiting.pop(key)
             self._js.forget(key)
-            self._failed(due, job, attempt, TimeoutError(f"no ack within {self._publish_timeout}s"), trace)
+            self._failed(due, job, attempt, TimeoutError(f"no ack within {self._publish_timeout}s"), headers)
         self._watchdog = (
             loop.call_later(self._publish_timeout / 4, self._give_up_late_acks) if self._awaiting else None
         )
@@ -339,9 +358,9 @@ class Dispatcher:
         if entry is None:
             # Given up on already (and published again).
             return
-        due, job, attempt, lateness_ms, trace, _ = entry
+        due, job, attempt, lateness_ms, headers, _ = entry
         if isinstance(outcome, BaseException):
-            self._failed(due, job, attempt, outcome, trace)
+            self._failed(due, job, attempt, outcome, headers)
             return
         if outcome.duplicate:
             self.duplicates += 1
@@ -361,7 +380,7 @@ class Dispatcher:
         for trigger, n in uncounted.items():
             _dispatched_counter(trigger).inc(n)
 
-    def _failed(self, due: Due, job: Job, attempt: int, exc: BaseException, trace: dict[str, str]) -> None:
+    def _failed(self, due: Due, job: Job, attempt: int, exc: BaseException, headers: bytes) -> None:
         """Publish the slot again after a short backoff (the same Nats-Msg-Id: never twice)."""
         log.warning(
             "dispatch of job %s slot %s failed (attempt %d): %r; retrying",
@@ -373,14 +392,14 @@ class Dispatcher:
         if self.term.ended:
             self._finish(due, abandoned=True)
             return
-        task = asyncio.get_running_loop().create_task(self._retry(due, job, attempt + 1, trace))
+        task = asyncio.get_running_loop().create_task(self._retry(due, job, attempt + 1, headers))
         self._retries.add(task)
         task.add_done_callback(self._retries.discard)
 
-    async def _retry(self, due: Due, job: Job, attempt: int, trace: dict[str, str]) -> None:
+    async def _retry(self, due: Due, job: Job, attempt: int, headers: bytes) -> None:
         try:
             await asyncio.sleep(min(1.0, 0.1 * attempt))
-            await self._send_many([(due, job, attempt, trace)])
+            await self._send_many([(due, job, attempt, headers)])
         except asyncio.CancelledError:
             self._finish(due, abandoned=True)
             raise
