@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 
 from nats.js.kv import KeyValue
 
-from cronbus.scheduler.dispatch import Dispatcher
+from cronbus.scheduler.dispatch import YIELD_EVERY, Dispatcher
 from cronbus.scheduler.domain import HISTORY_MARGIN, Fence, Timetable, to_datetime, watermark_of
 from cronbus.scheduler.feed import JobFeed
 from cronbus.scheduler.history import dedupe_covers, dispatched_since
@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 STATUS_KEY = "status"
 # How often the leader persists the watermark and its status.
 STATE_INTERVAL = 1.0
+# Due slots taken off the timetable at a time (a few of the dispatcher's batches).
+POP_EVERY = 4 * YIELD_EVERY
 
 
 def connection_epoch(bus: Bus) -> int | None:
@@ -244,20 +246,27 @@ class Leadership:
             dispatcher = self.dispatcher
             assert dispatcher is not None
             now = time.time()
-            batch = []
-            for due in self.timetable.pop_due(now):
-                # The state that decided the slot: a slot owed by a definition that was since
-                # updated goes out as that definition said.
-                job = due.job if due.job is not None else self.timetable.jobs.get(due.job_id)
-                if job is not None:
-                    batch.append((due, job))
-            try:
-                # A step-down in the middle of the batch ends the dispatcher's term: it publishes
-                # nothing more of it.
-                await dispatcher.submit_all(batch)
-            except TimeoutError:
-                log.error("dispatch window stayed full; due slots left to the next term")
-                dispatcher.end_term("the dispatch window stayed full")
+            # Popped a few batches at a time, so the first slots of a burst go out while the
+            # rest are still on the heap.
+            while due_now := self.timetable.pop_due(now, limit=POP_EVERY):
+                batch = []
+                for due in due_now:
+                    # The state that decided the slot: a slot owed by a definition that was
+                    # since updated goes out as that definition said.
+                    job = due.job if due.job is not None else self.timetable.jobs.get(due.job_id)
+                    if job is not None:
+                        batch.append((due, job))
+                try:
+                    # A step-down in the middle of the batch ends the dispatcher's term: it
+                    # publishes nothing more of it.
+                    await dispatcher.submit_all(batch)
+                except TimeoutError:
+                    log.error("dispatch window stayed full; due slots left to the next term")
+                    dispatcher.end_term("the dispatch window stayed full")
+                if dispatcher.ended:
+                    # What is still due stays on the heap, after the watermark: the next term
+                    # decides about it.
+                    break
             nxt = self.timetable.next_fire_at()
             if not dispatcher.ended:
                 # An ended term may have dropped popped slots: its watermark stays before them,

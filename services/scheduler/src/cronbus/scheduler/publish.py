@@ -9,8 +9,11 @@ regexes, rebuilds the headers byte by byte and is a coroutine chain per message.
 
 `AckedPublisher.publish_many` builds the HPUB commands of a whole batch in one pass and queues
 them as one write; each message gets a reply subject `<inbox>.<n>` (its key), and the
-acknowledgements that arrive are settled together, once per turn of the event loop, by calling
-the batch's `on_ack(key, acknowledgement or error)` for each.
+acknowledgements that arrive are settled together by calling the batch's `on_ack(key,
+acknowledgement or error)` for each: once publishing pauses for a turn of the event loop, or
+after at most SETTLE_WITHIN seconds. So a burst's publishes go out first and their
+acknowledgements are handled after (nothing but the stored time of the last message counts for
+how late a burst was).
 """
 
 from __future__ import annotations
@@ -61,6 +64,9 @@ _NEWLINE = re.compile(r"[\r\n]")
 
 # (subject, header block from `header_block`, payload)
 Outgoing = tuple[str, bytes, bytes]
+# How long acknowledgements may wait for their settlement while publishing goes on. Well inside
+# any sensible ack timeout (the dispatcher's is 2s).
+SETTLE_WITHIN = 0.25
 # Called once per message with its key and its acknowledgement (`duplicate`: JetStream had its
 # Nats-Msg-Id already), or the error that kept it from being stored.
 OnAck = Callable[[str, "Acked | BaseException"], None]
@@ -88,9 +94,12 @@ class AckedPublisher:
         self._tokens = itertools.count()
         self._waiting: dict[str, OnAck] = {}
         self._sub: Subscription | None = None
-        # Acknowledgements received and not settled yet, and whether a settlement is scheduled.
+        # Acknowledgements received and not settled yet; whether a settlement is scheduled,
+        # since when (loop time), and whether a batch was published since it was last put off.
         self._arrived: list[tuple[str, bytes]] = []
         self._settling = False
+        self._settling_since = 0.0
+        self._published = False
 
     async def start(self) -> None:
         self._prefix = self._nc.new_inbox() + "."
@@ -158,6 +167,7 @@ class AckedPublisher:
         sent: the batch is queued in one synchronous step, so a connection cannot drop half way
         through it."""
         assert self._sub is not None, "AckedPublisher.start() first"
+        self._published = True
         nc = self._nc
         if nc.is_closed:
             raise ConnectionClosedError
@@ -215,7 +225,20 @@ class AckedPublisher:
         self._arrived.append((msg.subject, msg.data))
         if not self._settling:
             self._settling = True
-            asyncio.get_running_loop().call_soon(self._settle)
+            self._published = False
+            loop = asyncio.get_running_loop()
+            self._settling_since = loop.time()
+            loop.call_soon(self._settle_when_paused)
+
+    def _settle_when_paused(self) -> None:
+        """Settle now unless a batch was published since the last look (then look again at the
+        next turn of the loop), for at most SETTLE_WITHIN seconds."""
+        loop = asyncio.get_running_loop()
+        if self._published and loop.time() - self._settling_since < SETTLE_WITHIN:
+            self._published = False
+            loop.call_soon(self._settle_when_paused)
+            return
+        self._settle()
 
     def _settle(self) -> None:
         """Report the acknowledgements that arrived since the last settlement."""
