@@ -358,7 +358,6 @@ class Prepared:
             else:
                 value = bind.effective_value
                 self._constants[name] = process(value) if process is not None else value
-        self._columns = columns
         self._names = names
         self._get = itemgetter(*names)
         self.sql = compiled.string
@@ -405,8 +404,9 @@ class Prepared:
     def _repeat_values(self, count: int) -> str:
         head, _, rest = self.sql.partition(" VALUES (")
         group, _, tail = rest.partition(")")
-        if self._constants or ")" in group:
-            raise RuntimeError("only an INSERT whose VALUES hold nothing but its columns is repeated")
+        placeholders = len(_PLACEHOLDER.findall(group)) if self._positional_numbers else group.count("?")
+        if self._constants or placeholders != len(self._names):
+            raise RuntimeError(f"cannot repeat the VALUES of {self.sql!r}: they are not just its columns")
         if not self._positional_numbers:
             return f"{head} VALUES {', '.join([f'({group})'] * count)}{tail}"
         width = len(self._names)
