@@ -380,9 +380,9 @@ async def test_the_fence_closing_while_a_batch_is_encoded_publishes_none_of_it()
     may_publish = dispatcher.term.may_publish
 
     def may_publish_until_closed(now: float) -> bool:
-        # Open for each of the two slots as it is encoded, closed when the batch is to go out.
+        # Open before the batch is encoded, closed when it is to go out.
         checks[0] += 1
-        if checks[0] > 2:
+        if checks[0] > 1:
             dispatcher.term.end("fence closed")
         return may_publish(now)
 

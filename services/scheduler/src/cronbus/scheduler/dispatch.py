@@ -276,6 +276,8 @@ class Dispatcher:
                 self._finish(due, abandoned=True)
             for due, _ in batch[taken:]:
                 self._abandoned[(due.job_id, due.slot_ms)] = due.slot_ms
+            if not self._unfinished:
+                self._idle.set()
             if left := len(chunk) + len(batch) - taken:
                 log.warning("%d due slots left to the next term: %s", left, self.term.why or "not sent")
 
@@ -301,26 +303,19 @@ class Dispatcher:
 
     async def _send_many(self, slots: Sequence[tuple[Due, Job, int, bytes]]) -> None:
         """Publish `slots` (each taken into the window, with its header block) in one batch,
-        each only while the term allows it."""
+        if the term allows it both before they are encoded and right before they go out."""
+        if not slots or not self._may_publish(slots):
+            return
         messages: list[Outgoing] = []
         sent: list[tuple[Due, Job, int, float, bytes]] = []
         for due, job, attempt, headers in slots:
-            if not self.term.may_publish(time.monotonic()):
-                log.info("slot %s of job %s left to the next term", due.slot.isoformat(), job.job_id)
-                self._finish(due, abandoned=True)
-                continue
             # `attempt` counts publishes of this message (for the log and the backoff); the
             # run's own attempt is 1 in every one of them.
             payload, lateness_ms = encode_dispatch(due, job, scheduler=self._scheduler, now=self._clock())
             messages.append((self._names.dispatch_subject(job.pool, job.job_id), headers, payload))
             sent.append((due, job, attempt, lateness_ms, headers))
-        if not messages:
-            return
-        if not self.term.may_publish(time.monotonic()):
+        if not self._may_publish(slots):
             # The term ended while the batch was encoded.
-            log.info("%d slots left to the next term", len(sent))
-            for due, _, _, _, _ in sent:
-                self._finish(due, abandoned=True)
             return
         try:
             keys = await self._js.publish_many(messages, self._acked)
@@ -335,6 +330,15 @@ class Dispatcher:
             awaiting[key] = (due, job, attempt, lateness_ms, headers, deadline)
         if self._watchdog is None:
             self._watchdog = loop.call_later(self._publish_timeout / 4, self._give_up_late_acks)
+
+    def _may_publish(self, slots: Sequence[tuple[Due, Job, int, bytes]]) -> bool:
+        """Whether the term allows publishing now; if not, `slots` are given up."""
+        if self.term.may_publish(time.monotonic()):
+            return True
+        log.warning("%d slots left to the next term: %s", len(slots), self.term.why)
+        for due, _, _, _ in slots:
+            self._finish(due, abandoned=True)
+        return False
 
     def _give_up_late_acks(self) -> None:
         """Give up on the acks awaited past their deadline (their slots are published again)."""
