@@ -66,7 +66,7 @@ _NEWLINE = re.compile(r"[\r\n]")
 Outgoing = tuple[str, bytes, bytes]
 # How long acknowledgements may wait for their settlement while publishing goes on. Well inside
 # any sensible ack timeout (the dispatcher's is 2s).
-SETTLE_WITHIN = 0.25
+SETTLE_WITHIN = 0.5
 # Called once per message with its key and its acknowledgement (`duplicate`: JetStream had its
 # Nats-Msg-Id already), or the error that kept it from being stored.
 OnAck = Callable[[str, "Acked | BaseException"], None]
