@@ -1,7 +1,8 @@
 """Projection benchmark: events per second the logs service applies into SQLite and PostgreSQL.
 
 Each figure fills DISPATCH, RUNS and LOGS of an embedded nats-server with the whole life of
-short runs (dispatched, started, one output chunk, finished), then starts a real
+short runs (dispatched, started, one output chunk, finished; for the last figure the output
+rides inline on run.finished instead, as runners send short output), then starts a real
 `cronbus logs` process and times it from its first stored position to the streams' last
 sequences. Each figure also notes the logs process's CPU time per event, which other work on
 the machine changes much less than the rate. PostgreSQL is measured when
@@ -21,6 +22,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import psutil
@@ -29,8 +31,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cronbus.shared.bus import Bus, ensure_topology
 from cronbus.shared.events import (
+    Event,
     JobSpec,
     LogChunk,
+    OutputPart,
     RunDispatched,
     RunFinished,
     RunStarted,
@@ -50,8 +54,11 @@ TARGET = 20_000.0
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-async def fill_streams(settings: Settings, runs: int) -> dict[str, int]:
-    """Publish `runs` whole run lives; the last sequence of each stream."""
+async def fill_streams(settings: Settings, runs: int, *, inline: bool = False) -> dict[str, int]:
+    """Publish `runs` whole run lives; the last sequence of each stream that got any.
+
+    `inline`: each run's output rides on its run.finished (no log.chunk), as runners send a
+    short attempt's output."""
     names = settings.names
     spec = JobSpec(name="bench", schedule="* * * * * *", executor=ShellExecutor(command="true"))
     bus = await Bus.open(settings, "bench")
@@ -62,16 +69,22 @@ async def fill_streams(settings: Settings, runs: int) -> dict[str, int]:
             job_id = f"job-{i % 100}"
             slot = T0 + timedelta(seconds=i)
             run_id = run_id_for(job_id, slot)
-            ids = {"run_id": run_id, "job_id": job_id, "slot": slot}
-            for subject, event in (
+            ids: dict[str, Any] = {"run_id": run_id, "job_id": job_id, "slot": slot}
+            output = [OutputPart(seq=0, data=b"ok\n")] if inline else []
+            life: list[tuple[str, Event]] = [
                 (names.dispatch_subject("default", job_id), RunDispatched(**ids, pool="default", spec=spec)),
                 (names.run_subject(job_id, run_id), RunStarted(**ids, runner="bench")),
                 (names.log_subject(run_id), LogChunk(**ids, seq=0, data=b"ok\n")),
                 (
                     names.run_subject(job_id, run_id),
-                    RunFinished(**ids, status="succeeded", runner="bench", exit_code=0, output_bytes=3),
+                    RunFinished(
+                        **ids, status="succeeded", runner="bench", exit_code=0, output_bytes=3, output=output
+                    ),
                 ),
-            ):
+            ]
+            for subject, event in life:
+                if inline and isinstance(event, LogChunk):
+                    continue
                 pending.append(await bus.js.publish_async(subject, encode(event)))
             if len(pending) >= 4000:
                 await asyncio.gather(*pending)
@@ -80,7 +93,7 @@ async def fill_streams(settings: Settings, runs: int) -> dict[str, int]:
         last = {}
         for stream in (names.dispatch_stream, names.runs_stream, names.logs_stream):
             last[stream] = (await bus.js.stream_info(stream)).state.last_seq
-        return last
+        return {stream: seq for stream, seq in last.items() if seq}
     finally:
         await bus.close()
 
@@ -118,10 +131,12 @@ def _cpu_seconds(process: psutil.Process) -> float:
     return times.user + times.system
 
 
-async def project(settings: Settings, database_url: str, workdir: Path, runs: int) -> Projected:
+async def project(
+    settings: Settings, database_url: str, workdir: Path, runs: int, *, inline: bool = False
+) -> Projected:
     """Events per second from the first stored position to the last, the event count and the
     logs process's CPU time per event over the same span."""
-    last = await fill_streams(settings, runs)
+    last = await fill_streams(settings, runs, inline=inline)
     total = sum(last.values())
     sql_url = build_settings(environ={}, database_url=database_url, data_dir=workdir).sql_url
     env = {**os.environ, "CRONBUS_LOG_LEVEL": "WARNING", "CRONBUS_DATABASE_URL": database_url}
@@ -214,4 +229,12 @@ async def main() -> list[Figure]:
                         Figure("projection into PostgreSQL", pg.rate, "events/s", f">= {TARGET:,.0f}",
                                pg.rate >= TARGET, pg.note())
                     )  # fmt: skip
+            # The same runs with their output inline on run.finished (no log.chunk), as runners
+            # send a short attempt's output: 3 events a run, output written from RUNS.
+            url = f"sqlite:///{workdir / 'history-inline.db'}"
+            inline = await project(fresh(), url, workdir, RUNS, inline=True)
+            figures.append(
+                Figure("projection into SQLite, output inline", inline.rate, "events/s", f">= {TARGET:,.0f}",
+                       inline.rate >= TARGET, inline.note())
+            )  # fmt: skip
     return figures
