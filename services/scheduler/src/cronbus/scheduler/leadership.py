@@ -107,9 +107,15 @@ class Leadership:
         lease = self.lease
         assert lease is not None
         while not stopping.is_set():
+            if not feed.caught_up.is_set():
+                # Nothing to try before the job table is whole; then at once (a cold start
+                # need not wait out a poll interval).
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(feed.caught_up.wait(), timeout=self.poll_interval)
+                continue
             try:
                 if not lease.held:
-                    if feed.caught_up.is_set() and await lease.acquire():
+                    if await lease.acquire():
                         await self._take_over(bus, state_kv)
                         continue
                     interval = self.poll_interval
