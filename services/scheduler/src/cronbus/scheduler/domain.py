@@ -61,7 +61,9 @@ _MISSING = object()
 
 
 def pack_spec(spec: JobSpec) -> bytes:
-    packer = zlib.compressobj(1, zlib.DEFLATED, -15, 1, zdict=_SPEC_DICTIONARY)
+    # A 4 KiB window reaches the dictionary from a spec of up to 3 KiB (almost all of them)
+    # and is quicker to set up than the default 32 KiB; `unpack_spec_json` reads either.
+    packer = zlib.compressobj(1, zlib.DEFLATED, -12, 1, zdict=_SPEC_DICTIONARY)
     return packer.compress(_spec_encoder.encode(spec)) + packer.flush()
 
 
