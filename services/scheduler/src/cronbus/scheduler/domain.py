@@ -321,7 +321,7 @@ class Timetable:
     _grids: dict[tuple[str, str, int], Schedule] = field(default_factory=dict)
     # Jobs sharing a schedule ask for the same next slot after the same instant (all of them at
     # takeover, a burst of them each time they fire together): compute it once.
-    _next_slots: dict[tuple[int, datetime], datetime | None] = field(default_factory=dict)
+    _next_slots: dict[tuple[int, datetime], tuple[datetime, int, float] | None] = field(default_factory=dict)
     _catchups: dict[tuple[int, float, float, str, float, float, float], list[tuple[datetime, Trigger]]] = (
         field(default_factory=dict)
     )
@@ -450,24 +450,28 @@ class Timetable:
             after = to_datetime(job.cursor)
             if job.start_at is not None and job.start_at > after:
                 after = job.start_at - timedelta(milliseconds=1)
-            slot = self._next_slot(job.schedule, after)
+            found = self._next_slot(job.schedule, after)
         except Exception as exc:  # a schedule that fails at run time must not stall the others
             log.exception("job %s: schedule %r failed", job.job_id, job.schedule.expression)
             job.error = f"schedule failed at run time: {exc}"
             self._changes += 1
             return
-        if slot is None or not job.in_bounds(slot):
+        if found is None or not job.in_bounds(found[0]):
             return
-        fire_at = fire_time(job.job_id, slot, job.jitter)
-        heapq.heappush(self._heap, (fire_at, to_ms(slot), job.job_id, job.generation))
+        slot, slot_ms, at = found
+        # Without jitter the fire time is the slot's own instant (`fire_time` adds nothing).
+        fire_at = at if job.jitter <= 0 else fire_time(job.job_id, slot, job.jitter)
+        heapq.heappush(self._heap, (fire_at, slot_ms, job.job_id, job.generation))
 
-    def _next_slot(self, schedule: Schedule, after: datetime) -> datetime | None:
+    def _next_slot(self, schedule: Schedule, after: datetime) -> tuple[datetime, int, float] | None:
+        """`schedule`'s next slot after `after`, with its milliseconds and its timestamp."""
         key = (id(schedule), after)
         found = self._next_slots.get(key, _MISSING)
         if found is _MISSING:
             if len(self._next_slots) >= 4096:
                 self._next_slots.clear()
-            found = self._next_slots[key] = schedule.next_after(after)
+            slot = schedule.next_after(after)
+            found = self._next_slots[key] = None if slot is None else (slot, to_ms(slot), slot.timestamp())
         return found  # type: ignore[return-value]
 
     def _queue(self, due: list[Due]) -> None:
