@@ -13,18 +13,33 @@ import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
+import msgspec
 import pytest
 from nats.errors import BadSubjectError, OutboundBufferLimitError
 from nats.js.api import PubAck
 from nats.js.errors import NoStreamResponseError
 
 from cronbus.scheduler.app import open_bus
-from cronbus.scheduler.dispatch import YIELD_EVERY, Dispatcher, dispatch_headers, encode_dispatch, run_id_of
+from cronbus.scheduler.dispatch import (
+    YIELD_EVERY,
+    Dispatcher,
+    dispatch_headers,
+    encode_dispatch,
+    prepare_dispatch,
+    run_id_of,
+)
 from cronbus.scheduler.domain import Due, Fence, Timetable, msg_id_of, to_ms, watermark_of
 from cronbus.scheduler.lease import Term
 from cronbus.scheduler.publish import Acked, AckedPublisher, OnAck, Outgoing, header_block
 from cronbus.shared.bus import MSG_ID, Bus
-from cronbus.shared.events import JobCreated, RunDispatched, decode_dispatch, dispatch_msg_id, run_id_for
+from cronbus.shared.events import (
+    JobCreated,
+    JobUpdated,
+    RunDispatched,
+    decode_dispatch,
+    dispatch_msg_id,
+    run_id_for,
+)
 from cronbus.shared.names import Names
 from cronbus.shared.natsd import EmbeddedNats
 from cronbus.shared.settings import Settings
@@ -45,6 +60,7 @@ class StandInJetStream:
         self.batches = 0
         self.keys = itertools.count()
         self.forgotten: list[str] = []
+        self.headers: list[bytes] = []
 
     async def publish_many(self, messages: Sequence[Outgoing], on_ack: OnAck) -> list[str]:
         self.batches += 1
@@ -54,6 +70,7 @@ class StandInJetStream:
         self.forgotten.append(key)
 
     def _publish(self, header_bytes: bytes, payload: bytes, on_ack: OnAck) -> str:
+        self.headers.append(header_bytes)
         lines = header_bytes.decode().split("\r\n")
         assert lines[0] == "NATS/1.0" and lines[-2:] == ["", ""]
         headers = dict(line.split(": ", 1) for line in lines[1:-2])
@@ -166,6 +183,50 @@ def test_the_encoded_dispatch_is_the_event_a_runner_decodes() -> None:
     assert event == expected
     assert lateness_ms == 250.0
     assert len(event.event_id) == 32 and uuid.UUID(event.event_id).version == 4
+
+
+def test_a_prepared_dispatch_is_the_event_encoded_when_it_is_sent() -> None:
+    """Prepared ahead, the instants and the lateness are filled in when it goes out; a spec
+    holding what looks like those fields changes nothing."""
+    table = Timetable()
+    lookalike = '"dispatched_at":"1970-01-01T00:00:00.000001Z","lateness_ms":1.5'
+    table.apply(
+        JobCreated(job_id="a", revision=3, spec=spec("* * * * * *", pool="p", name=lookalike)),
+        SLOT.timestamp(),
+    )
+    job = table.jobs["a"]
+    due = Due("a", to_ms(SLOT), SLOT.timestamp() + 0.25, "catchup", job)
+    prepared = prepare_dispatch(due, job, scheduler="me")
+    for sent_at in (0.0, 0.5, 1.0, 0.123456789, 86400.000001):
+        now = SLOT.timestamp() + sent_at
+        payload, lateness_ms = prepared.payload(now)
+        encoded, expected_lateness = encode_dispatch(due, job, scheduler="me", now=now)
+        event, expected = decode_dispatch(payload), decode_dispatch(encoded)
+        assert lateness_ms == expected_lateness
+        assert event.occurred_at == event.dispatched_at == datetime.fromtimestamp(now, UTC)
+        assert msgspec.structs.replace(event, event_id="", occurred_at=SLOT) == msgspec.structs.replace(
+            expected, event_id="", occurred_at=SLOT
+        )
+
+
+async def test_a_dispatch_prepared_for_an_earlier_state_of_the_job_is_encoded_anew() -> None:
+    dispatcher, js, table = _setup([])
+    old = table.jobs["a"]
+    due = Due("a", to_ms(SLOT), SLOT.timestamp())
+    await dispatcher.prepare([(due, old)], until=time.time() + 60, horizon=SLOT.timestamp())
+    table.apply(JobUpdated(job_id="a", revision=4, spec=spec("* * * * * *", pool="p")), SLOT.timestamp())
+    await dispatcher.submit_all([(due, table.jobs["a"])])
+    await dispatcher.drain(1.0)
+    assert decode_dispatch(js.stored[0]).job_revision == 4
+    # Prepared for the state it is sent with: used as it is (its trace is the one prepared).
+    later = Due("a", to_ms(SLOT) + 1000, SLOT.timestamp() + 1)
+    dispatcher, js, table = _setup([])
+    await dispatcher.prepare([(later, table.jobs["a"])], until=time.time() + 60, horizon=SLOT.timestamp() + 1)
+    headers = dispatcher._prepared[("a", later.slot_ms)].headers
+    await dispatcher.submit_all([(later, table.jobs["a"])])
+    await dispatcher.drain(1.0)
+    assert decode_dispatch(js.stored[0]).job_revision == 3
+    assert js.headers == [headers]
 
 
 def test_run_ids_and_msg_ids_match_the_shared_derivation() -> None:

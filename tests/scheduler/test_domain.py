@@ -145,6 +145,37 @@ def test_leader_pops_each_slot_once_in_order() -> None:
     ]
 
 
+@settings(max_examples=50, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(["* * * * * *", "*/2 * * * * *", "*/3 * * * * *", "@at 2026-01-01T00:00:04Z"]),
+        max_size=30,
+    ),
+    st.integers(0, 6),
+)
+def test_peeking_shows_what_popping_would_take_first(schedules: list[str], seconds: int) -> None:
+    table = Timetable()
+    for i, schedule in enumerate(schedules):
+        table.apply(created(f"j{i}", schedule, when=-3.5), T0)
+    # Some slots owed from before the takeover (queued as catch-up), the rest planned ahead.
+    table.lead(T0 - 3, T0, set())
+    until = T0 + seconds
+    peeked = table.peek_due(until, limit=10_000)
+    limited = table.peek_due(until, limit=3)
+    popped = table.pop_due(until)
+    key = lambda d: (d.job_id, d.slot_ms, d.fire_at, d.trigger)  # noqa: E731
+    assert len(set(map(key, peeked))) == len(peeked)
+    assert set(map(key, peeked)) <= set(map(key, popped))
+    # What popping took beyond them it planned while popping: a later slot of the same job.
+    for d in popped:
+        if key(d) not in set(map(key, peeked)):
+            assert any(p.job_id == d.job_id and p.slot_ms < d.slot_ms for p in peeked)
+    assert len(limited) == min(3, len(peeked)) and set(map(key, limited)) <= set(map(key, peeked))
+    # Each slot with the job state that decided it.
+    decided = {key(d): d.job for d in popped}
+    assert all(d.job is decided[key(d)] for d in peeked)
+
+
 def test_standby_keeps_no_heap_but_knows_every_job() -> None:
     table = Timetable()
     table.apply(created("a"), T0)

@@ -21,6 +21,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -48,6 +49,8 @@ YIELD_EVERY = 256
 # waiting for any (their acks are settled after it, see `publish.SETTLE_WITHIN`); a bigger one
 # waits for room. What the window holds per slot is a few hundred bytes.
 MAX_IN_FLIGHT = 10_000
+# Dispatches prepared ahead of their fire time at most (about a kilobyte each).
+MAX_PREPARED = 10_000
 
 
 def _wire_struct() -> type[msgspec.Struct]:
@@ -132,6 +135,77 @@ def encode_dispatch(due: Due, job: Job, *, scheduler: str, now: float) -> tuple[
     return _wire_encoder.encode(event), lateness_ms
 
 
+# Stand-ins for the instants and the lateness a prepared dispatch learns only when it is sent.
+_PENDING_TIME = datetime(1970, 1, 1, 0, 0, 0, 1, tzinfo=UTC)
+_PENDING_TIME_JSON = b'"1970-01-01T00:00:00.000001Z"'
+_PENDING_LATENESS = 1.5
+_PENDING_LATENESS_JSON = b"1.5"
+
+
+@dataclass(slots=True)
+class Prepared:
+    """A slot's dispatch encoded ahead of its fire time, for the state `job` of its job: the
+    payload around the instants and the lateness that are filled in when it is sent, and its
+    header block. Sending it is a join, not an encoding (a burst's slots are prepared while the
+    scheduler waits for them)."""
+
+    job: Job
+    trigger: str
+    fire_at: float
+    parts: tuple[bytes, bytes, bytes, bytes]
+    headers: bytes
+
+    def payload(self, now: float) -> tuple[bytes, float]:
+        """The payload as `encode_dispatch` would encode it at `now` (the same event decoded),
+        and the lateness in milliseconds."""
+        lateness_ms = max(0.0, (now - self.fire_at) * 1000)
+        instant = _json_instant(now)
+        before, between, after_dispatched, rest = self.parts
+        return b"".join(
+            (before, instant, between, instant, after_dispatched, repr(lateness_ms).encode(), rest)
+        ), (lateness_ms)
+
+
+def _json_instant(now: float) -> bytes:
+    """`now` as msgspec encodes an aware UTC datetime (always with microseconds)."""
+    text = datetime.fromtimestamp(now, UTC).isoformat(timespec="microseconds")
+    return b'"' + text[:-6].encode() + b'Z"'
+
+
+def prepare_dispatch(due: Due, job: Job, *, scheduler: str) -> Prepared:
+    """The dispatch of `due` encoded ahead of time (see `Prepared`); its header block too."""
+    event = RunDispatchedWire(
+        event_id=event_id(),
+        occurred_at=_PENDING_TIME,
+        run_id=run_id_of(due.job_id, due.slot_ms),
+        job_id=due.job_id,
+        slot=_slot_time(due.slot_ms),
+        attempt=1,
+        pool=job.pool,
+        spec=msgspec.Raw(job.spec_json),
+        job_revision=job.revision,
+        trigger=due.trigger,
+        dispatched_at=_PENDING_TIME,
+        lateness_ms=_PENDING_LATENESS,
+        scheduler=scheduler,
+    )
+    raw = _wire_encoder.encode(event)
+    # Split at the three values, found by their keys: a quoted key cannot occur inside a JSON
+    # string (its quotes would be escaped), and only the spec, between occurred_at and
+    # dispatched_at, holds keys of its own.
+    occurred = raw.index(b'"occurred_at":' + _PENDING_TIME_JSON) + len(b'"occurred_at":')
+    dispatched = raw.rindex(b'"dispatched_at":' + _PENDING_TIME_JSON) + len(b'"dispatched_at":')
+    lateness = raw.rindex(b'"lateness_ms":' + _PENDING_LATENESS_JSON) + len(b'"lateness_ms":')
+    size = len(_PENDING_TIME_JSON)
+    parts = (
+        raw[:occurred],
+        raw[occurred + size : dispatched],
+        raw[dispatched + size : lateness],
+        raw[lateness + len(_PENDING_LATENESS_JSON) :],
+    )
+    return Prepared(job, due.trigger, due.fire_at, parts, dispatch_headers(due, job))
+
+
 @functools.cache
 def _dispatched_counter(trigger: str) -> Any:
     """The `dispatched` child of the slots counter for `trigger` (a label lookup per dispatch
@@ -205,6 +279,10 @@ class Dispatcher:
         # (so in deadline order). One watchdog sweeps them, instead of a timer per publish (a
         # burst would push 10,000 timers through the loop's heap).
         self._awaiting: dict[str, tuple[Due, Job, int, float, bytes, float]] = {}
+        # (job_id, slot_ms) -> the slot's dispatch prepared ahead of its fire time.
+        self._prepared: dict[tuple[str, int], Prepared] = {}
+        # The slots due by then were looked at for preparing (wall time).
+        self.prepared_until = 0.0
         # Dispatches acknowledged and not yet counted in the metrics, by trigger.
         self._uncounted: dict[str, int] = {}
         self._watchdog: asyncio.TimerHandle | None = None
@@ -234,7 +312,7 @@ class Dispatcher:
     async def submit_all(self, batch: Sequence[tuple[Due, Job]]) -> None:
         """Publish every slot of `batch` (see `submit`), each the start of its run's trace, in
         batches of YIELD_EVERY with a yield to the loop after each."""
-        await self._submit(batch, dispatch_headers)
+        await self._submit(batch, dispatch_headers, prepared=True)
 
     async def submit(self, due: Due, job: Job, *, trace: dict[str, str] | None = None) -> None:
         """Publish `due`; waits (bounded) only while `max_in_flight` publishes await their acks.
@@ -244,14 +322,45 @@ class Dispatcher:
         )
         await self._submit([(due, job)], lambda _due, _job: headers)
 
+    async def prepare(self, upcoming: Sequence[tuple[Due, Job]], *, until: float, horizon: float) -> int:
+        """Encode the dispatches of `upcoming` slots (those due by wall time `horizon`) ahead of
+        their fire time (see `Prepared`), stopping at wall time `until` (the first of them is
+        due) or at MAX_PREPARED; yields to the loop every YIELD_EVERY. Returns how many it
+        prepared."""
+        self.prepared_until = max(self.prepared_until, horizon)
+        prepared = self._prepared
+        stale = time.time() - 60
+        for key in [key for key, p in prepared.items() if p.fire_at < stale]:
+            # Never sent (the job changed, a takeover re-planned it): the slot is encoded anew.
+            del prepared[key]
+        done = 0
+        for due, job in upcoming:
+            if len(prepared) >= MAX_PREPARED or time.time() >= until:
+                break
+            key = (due.job_id, due.slot_ms)
+            if key in prepared:
+                continue
+            prepared[key] = prepare_dispatch(due, job, scheduler=self._scheduler)
+            done += 1
+            if done % YIELD_EVERY == 0:
+                await asyncio.sleep(0)
+        if done:
+            log.debug("%d dispatches prepared ahead (%d of %d looked at)", done, len(prepared), len(upcoming))
+        return done
+
     async def _submit(
-        self, batch: Sequence[tuple[Due, Job]], headers_of: Callable[[Due, Job], bytes]
+        self,
+        batch: Sequence[tuple[Due, Job]],
+        headers_of: Callable[[Due, Job], bytes],
+        *,
+        prepared: bool = False,
     ) -> None:
         """Take each slot into the window and publish it, a batch at a time. A slot is in the
         window (`_unfinished`) from here until its publish is confirmed or given up; once the
         term ends (or the window stays full, or this is cancelled), the slots not taken are
         given up too: the watermark stays below them and the next term decides about them."""
-        chunk: list[tuple[Due, Job, int, bytes]] = []
+        chunk: list[tuple[Due, Job, int, bytes, Prepared | None]] = []
+        ready = self._prepared if prepared else {}
         taken = 0
         try:
             for due, job in batch:
@@ -264,7 +373,12 @@ class Dispatcher:
                 self._unfinished[(due.job_id, due.slot_ms)] = due.slot_ms
                 self._idle.clear()
                 taken += 1
-                chunk.append((due, job, 1, headers_of(due, job)))
+                prep = ready.pop((due.job_id, due.slot_ms), None) if ready else None
+                if prep is not None and prep.job is job and prep.trigger == due.trigger:
+                    chunk.append((due, job, 1, prep.headers, prep))
+                else:
+                    # Not prepared, or for another state of the job: encoded now.
+                    chunk.append((due, job, 1, headers_of(due, job), None))
                 if len(chunk) >= YIELD_EVERY:
                     await self._send_many(chunk)
                     chunk = []
@@ -272,7 +386,7 @@ class Dispatcher:
             await self._send_many(chunk)
             chunk = []
         finally:
-            for due, _, _, _ in chunk:
+            for due, *_ in chunk:
                 self._finish(due, abandoned=True)
             for due, _ in batch[taken:]:
                 self._abandoned[(due.job_id, due.slot_ms)] = due.slot_ms
@@ -301,17 +415,20 @@ class Dispatcher:
                 self._abandoned[key] = due.slot_ms
             self._room_freed()
 
-    async def _send_many(self, slots: Sequence[tuple[Due, Job, int, bytes]]) -> None:
+    async def _send_many(self, slots: Sequence[tuple[Due, Job, int, bytes, Prepared | None]]) -> None:
         """Publish `slots` (each taken into the window, with its header block) in one batch,
         if the term allows it both before they are encoded and right before they go out."""
         if not slots or not self._may_publish(slots):
             return
         messages: list[Outgoing] = []
         sent: list[tuple[Due, Job, int, float, bytes]] = []
-        for due, job, attempt, headers in slots:
+        for due, job, attempt, headers, prep in slots:
             # `attempt` counts publishes of this message (for the log and the backoff); the
             # run's own attempt is 1 in every one of them.
-            payload, lateness_ms = encode_dispatch(due, job, scheduler=self._scheduler, now=self._clock())
+            if prep is not None:
+                payload, lateness_ms = prep.payload(self._clock())
+            else:
+                payload, lateness_ms = encode_dispatch(due, job, scheduler=self._scheduler, now=self._clock())
             messages.append((self._names.dispatch_subject(job.pool, job.job_id), headers, payload))
             sent.append((due, job, attempt, lateness_ms, headers))
         if not self._may_publish(slots):
@@ -331,12 +448,12 @@ class Dispatcher:
         if self._watchdog is None:
             self._watchdog = loop.call_later(self._publish_timeout / 4, self._give_up_late_acks)
 
-    def _may_publish(self, slots: Sequence[tuple[Due, Job, int, bytes]]) -> bool:
+    def _may_publish(self, slots: Sequence[tuple[Due, Job, int, bytes, Prepared | None]]) -> bool:
         """Whether the term allows publishing now; if not, `slots` are given up."""
         if self.term.may_publish(time.monotonic()):
             return True
         log.warning("%d slots left to the next term: %s", len(slots), self.term.why)
-        for due, _, _, _ in slots:
+        for due, *_ in slots:
             self._finish(due, abandoned=True)
         return False
 
@@ -403,7 +520,7 @@ class Dispatcher:
     async def _retry(self, due: Due, job: Job, attempt: int, headers: bytes) -> None:
         try:
             await asyncio.sleep(min(1.0, 0.1 * attempt))
-            await self._send_many([(due, job, attempt, headers)])
+            await self._send_many([(due, job, attempt, headers, None)])
         except asyncio.CancelledError:
             self._finish(due, abandoned=True)
             raise

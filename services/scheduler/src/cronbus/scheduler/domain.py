@@ -11,10 +11,11 @@ import logging
 import sys
 import zlib
 from collections import deque
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from itertools import count
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -720,6 +721,25 @@ class Timetable:
             self._plan(job)
         return out
 
+    def peek_due(self, until: float, limit: int) -> list[Due]:
+        """Slots on the timetable whose fire time is at or before `until` (at most `limit`), in
+        no particular order, without taking them off: each job's next slot and the owed slots
+        queued, which `pop_due(until)` would return (and the slots it would plan behind them,
+        not). For preparing their dispatches ahead of time."""
+        out: list[Due] = []
+        for i in _heap_top(self._catchup, until):
+            fire_at, slot_ms, job_id, _, trigger, state = self._catchup[i]
+            out.append(Due(job_id, slot_ms, fire_at, trigger, state))
+            if len(out) >= limit:
+                return out
+        for i in _heap_top(self._heap, until):
+            fire_at, slot_ms, job_id, generation = self._heap[i]
+            if (job := self._live(job_id, generation)) is not None:
+                out.append(Due(job_id, slot_ms, fire_at, "schedule", job))
+                if len(out) >= limit:
+                    break
+        return out
+
     def _summarise(self) -> tuple[int, float, dict[str, str]]:
         if self._summary[0] != self._changes:
             self._summary = (
@@ -742,3 +762,15 @@ class Timetable:
     @property
     def schedule_errors(self) -> dict[str, str]:
         return self._summarise()[2]
+
+
+def _heap_top(heap: Sequence[tuple[float, *tuple[Any, ...]]], until: float) -> Iterator[int]:
+    """The indices of `heap`'s entries whose first item is at or before `until`: a subtree at
+    its top, walked without touching the rest."""
+    stack = [0] if heap else []
+    while stack:
+        i = stack.pop()
+        if heap[i][0] > until:
+            continue
+        yield i
+        stack.extend(j for j in (2 * i + 1, 2 * i + 2) if j < len(heap))

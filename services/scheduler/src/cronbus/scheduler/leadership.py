@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 
 from nats.js.kv import KeyValue
 
-from cronbus.scheduler.dispatch import YIELD_EVERY, Dispatcher
+from cronbus.scheduler.dispatch import MAX_PREPARED, YIELD_EVERY, Dispatcher
 from cronbus.scheduler.domain import HISTORY_MARGIN, Fence, Timetable, to_datetime, watermark_of
 from cronbus.scheduler.feed import JobFeed
 from cronbus.scheduler.history import dedupe_covers, dispatched_since
@@ -42,6 +42,10 @@ STATUS_KEY = "status"
 STATE_INTERVAL = 1.0
 # Due slots taken off the timetable at a time (a few of the dispatcher's batches).
 POP_EVERY = 4 * YIELD_EVERY
+# Dispatches are prepared this long before they are due, when the leader has that long to wait
+# (at least PREPARE_MIN_WAIT: slots spread by jitter are dispatched as they come).
+PREPARE_AHEAD = 1.0
+PREPARE_MIN_WAIT = 0.05
 
 
 def connection_epoch(bus: Bus) -> int | None:
@@ -279,10 +283,29 @@ class Leadership:
                 # so the next leader starts there.
                 self.processed_until = now if nxt is None or nxt > now else min(now, nxt - 0.001)
             delay = 0.5 if nxt is None else max(0.0, min(0.5, nxt - time.time()))
+            if nxt is not None and delay >= PREPARE_MIN_WAIT and not dispatcher.ended:
+                delay = await self._prepare(dispatcher, nxt, delay)
             if delay > 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=delay)
             self._wake.clear()
+
+    async def _prepare(self, dispatcher: Dispatcher, nxt: float, delay: float) -> float:
+        """While waiting for the next fire time `nxt`: from PREPARE_AHEAD before it, encode
+        the dispatches of the slots due by then (a burst then goes out as fast as it can be
+        written). Returns how long to wait now."""
+        ahead = nxt - time.time()
+        if ahead > PREPARE_AHEAD:
+            return min(delay, ahead - PREPARE_AHEAD)
+        if nxt > dispatcher.prepared_until:
+            horizon = time.time() + PREPARE_AHEAD
+            upcoming = []
+            for due in self.timetable.peek_due(horizon, limit=MAX_PREPARED):
+                job = due.job if due.job is not None else self.timetable.jobs.get(due.job_id)
+                if job is not None:
+                    upcoming.append((due, job))
+            await dispatcher.prepare(upcoming, until=nxt, horizon=horizon)
+        return max(0.0, min(0.5, nxt - time.time()))
 
     async def state_loop(self, kv: KeyValue, stopping: asyncio.Event) -> None:
         while not stopping.is_set():
