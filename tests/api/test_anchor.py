@@ -1,11 +1,14 @@
-"""`@every` jobs are anchored at their creation time (or where the client says), and
-`POST /v1/jobs?dry_run=true` checks input without creating anything."""
+"""`@every` jobs are anchored within one interval of their creation time, at a phase taken from
+their id (or where the client says), and `POST /v1/jobs?dry_run=true` checks input without
+creating anything."""
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from cronbus.api.domain import phase_offset
 from cronbus.shared.events import decode_job_event
 from tests.api.conftest import Api
 
@@ -18,13 +21,19 @@ async def jobs_stream_count(api: Api) -> int:
     return (await api.bus.js.stream_info(api.settings.names.jobs_stream)).state.messages
 
 
-async def test_an_interval_job_counts_from_its_creation_and_cron_is_left_alone(lite_api: Api) -> None:
+async def test_an_interval_job_first_fires_within_an_interval_of_its_creation_and_cron_is_left_alone(
+    lite_api: Api,
+) -> None:
     before = datetime.now(UTC).replace(microsecond=0)
     answer = await lite_api.client.post("/v1/jobs", json=every("tick"), headers=lite_api.auth())
     assert answer.status_code == 201, answer.text
     job = answer.json()
     anchor = datetime.fromisoformat(job["anchor"])
-    assert before <= anchor <= datetime.now(UTC) and anchor.microsecond % 1000 == 0
+    created = datetime.fromisoformat(job["created_at"])
+    created_ms = created.replace(microsecond=created.microsecond // 1000 * 1000)
+    assert anchor - created_ms == phase_offset(job["id"], 60.0)
+    assert before <= anchor < datetime.now(UTC) + timedelta(minutes=1) and anchor.microsecond % 1000 == 0
+    assert datetime.fromisoformat(job["next_fires"][0]) <= created + timedelta(minutes=1)
     fires = [datetime.fromisoformat(f) for f in job["next_fires"]]
     assert all((f - anchor) % timedelta(minutes=1) == timedelta(0) for f in fires)
     names = lite_api.settings.names
@@ -38,6 +47,22 @@ async def test_an_interval_job_counts_from_its_creation_and_cron_is_left_alone(l
     )
     assert cron.json()["anchor"] is None
     assert all(datetime.fromisoformat(f).minute == 0 for f in cron.json()["next_fires"])
+
+
+async def test_jobs_created_together_spread_over_their_interval(lite_api: Api) -> None:
+    """A batch of 500 `@every 1m` jobs, created in one instant: no self-made herd."""
+    batch = [every(f"herd-{i}") for i in range(500)]
+    answer = await lite_api.client.post("/v1/jobs", json=batch, headers=lite_api.auth())
+    assert answer.status_code == 201, answer.text
+    seconds = Counter(datetime.fromisoformat(job["next_fires"][0]).second for job in answer.json()["items"])
+    # Uniform would be ~8.3 a second; the same instant would be 500 in one.
+    assert len(seconds) == 60 and max(seconds.values()) <= 25, seconds
+
+
+def test_a_phase_offset_is_within_the_interval_and_the_same_everywhere() -> None:
+    assert phase_offset("job-a", 60.0) == phase_offset("job-a", 60.0)
+    offsets = {phase_offset(f"job-{i}", 1.5) for i in range(200)}
+    assert all(timedelta(0) <= o < timedelta(seconds=1.5) for o in offsets) and len(offsets) > 150
 
 
 async def test_an_explicit_anchor_aligns_to_round_times(lite_api: Api) -> None:

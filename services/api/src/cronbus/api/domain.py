@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import re
 import uuid
@@ -460,26 +461,38 @@ def evolve(state: JobState | None, event: JobEvents) -> JobState | None:
     return state
 
 
-def _is_interval(spec: JobSpec) -> bool:
+def _interval(spec: JobSpec) -> float | None:
+    """The interval of an `@every` schedule in seconds; None for other (or unreadable) ones."""
     try:
-        return parse_schedule(spec.schedule, spec.timezone).kind == "every"
+        schedule = parse_schedule(spec.schedule, spec.timezone)
     except ScheduleError:
-        return False
+        return None
+    return schedule.interval if schedule.kind == "every" else None
 
 
-def anchored(spec: JobSpec, now: datetime, previous: JobSpec | None = None) -> JobSpec:
-    """`spec` with the anchor of its `@every` grid: the one it names, else `now` (to the ms).
+def phase_offset(job_id: str, interval: float) -> timedelta:
+    """Where in one interval job `job_id`'s grid lies after its creation: a fraction of the
+    interval taken from a hash of the id, so it is the same everywhere and jobs created
+    together (a batch, a script's loop) spread over the interval instead of firing together."""
+    fraction = int.from_bytes(hashlib.sha256(job_id.encode()).digest()[:8], "big") / 2**64
+    return timedelta(milliseconds=int(fraction * round(interval * 1000)))
+
+
+def anchored(spec: JobSpec, now: datetime, job_id: str, previous: JobSpec | None = None) -> JobSpec:
+    """`spec` with the anchor of its `@every` grid: the one it names, else `now` (to the ms)
+    plus the job's `phase_offset`, so its first run comes within one interval of its creation.
 
     A job whose interval schedule ran on the epoch grid before anchors existed keeps that grid
     through its changes, so none of its slots moves.
     """
-    if spec.anchor is not None or not _is_interval(spec):
+    interval = _interval(spec)
+    if spec.anchor is not None or interval is None:
         return spec
-    if previous is not None and previous.anchor is None and _is_interval(previous):
+    if previous is not None and previous.anchor is None and _interval(previous) is not None:
         return spec
-    # Milliseconds (slot identity's unit), not seconds: jobs created in one burst spread over
-    # the second instead of firing together.
-    return msgspec.structs.replace(spec, anchor=now.replace(microsecond=now.microsecond // 1000 * 1000))
+    # Milliseconds: slot identity's unit.
+    created = now.replace(microsecond=now.microsecond // 1000 * 1000)
+    return msgspec.structs.replace(spec, anchor=created + phase_offset(job_id, interval))
 
 
 def next_fires(spec: JobSpec, now: datetime, n: int = NEXT_FIRES) -> list[datetime]:

@@ -240,15 +240,15 @@ class Jobs:
         if errors:
             raise InvalidInput(errors)
         now = self.clock()
+        job_ids = [
+            ids[i] if ids is not None else self._new_job_id(by, request_key, i if batch else None)
+            for i in range(len(specs))
+        ]
         events = [
             JobCreated(
-                job_id=ids[i] if ids is not None else self._new_job_id(by, request_key, i if batch else None),
-                revision=1,
-                actor=by.name,
-                spec=anchored(spec, now),
-                occurred_at=now,
+                job_id=job_id, revision=1, actor=by.name, spec=anchored(spec, now, job_id), occurred_at=now
             )
-            for i, spec in enumerate(specs)
+            for job_id, spec in zip(job_ids, specs, strict=True)
         ]
         limit = self._event_limit()
         for i, event in enumerate(events):
@@ -295,7 +295,7 @@ class Jobs:
         state = (await self.journal.head(event.job_id)).state
         if state is None:
             raise RevisionConflict(event.job_id, None, None)
-        # The anchor is the creation time: a retry made later differs there and nowhere else.
+        # The anchor follows the creation time: a retry made later differs there and nowhere else.
         same = msgspec.structs.replace(event.spec, anchor=state.spec.anchor)
         if state.revision == 1 and state.spec != same:
             raise InvalidInput(
@@ -321,7 +321,7 @@ class Jobs:
         if expected is not None and expected != head.state.revision:
             raise RevisionConflict(head.state.id, expected, head.state.revision)
         now = self.clock()
-        spec = anchored(patched_spec(head.state.spec, patch), now, previous=head.state.spec)
+        spec = anchored(patched_spec(head.state.spec, patch), now, head.state.id, previous=head.state.spec)
         event = JobUpdated(
             job_id=head.state.id,
             revision=head.state.revision + 1,
