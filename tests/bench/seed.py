@@ -9,12 +9,10 @@ job's own grid (its anchor plus whole minutes).
 `./dev bench seed [--jobs N] [--minutes M] [--spread]` (defaults 50,000 and 3; also SEED_JOBS
 and SEED_MINUTES in the environment).
 
-Each job's phase is its creation time (the default for `@every`), so the calls of a minute
-come in the same few seconds the jobs were created in: creating 50,000 jobs in 15 s asks for
-50,000 calls in those 15 s of every minute. `--spread` gives each job an explicit `anchor`
-instead, spreading the N jobs evenly over the minute (833 calls/s at 50,000), which is what
-the creation-time phase gives when the jobs are created over a whole minute: it measures the
-steady load apart from the shape of the creation burst.
+Each job's phase is the API's default for `@every`: its creation time plus an offset inside
+the minute taken from its id, so the jobs spread over the minute however fast they were
+created (833 calls/s at 50,000). `--spread` gives each job an explicit `anchor` instead,
+exactly evenly spaced over the minute.
 """
 
 from __future__ import annotations
@@ -205,7 +203,7 @@ async def run(jobs: int, minutes: float, spread: bool = False) -> list[Figure]:
     shape = (
         "phases spread evenly over the minute (--spread)"
         if spread
-        else f"phases = creation times, within {creation:.0f} s of each minute"
+        else "phases = the API's default (creation time + an offset from the job id)"
     )
     return [
         Figure("creating the jobs through the API", creation, "s", "<= 60", creation <= 60, f"{jobs} jobs"),
