@@ -328,6 +328,9 @@ class Dispatcher:
         due) or at MAX_PREPARED; yields to the loop every YIELD_EVERY. Returns how many it
         prepared."""
         self.prepared_until = max(self.prepared_until, horizon)
+        if exporting():
+            # Each dispatch's span is recorded when it is sent, not a second before.
+            return 0
         prepared = self._prepared
         stale = time.time() - 60
         for key in [key for key, p in prepared.items() if p.fire_at < stale]:
