@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 
 from tests.bench.common import Figure
 from tests.bench.seed import Receiver, create_jobs, cronbus_up
@@ -55,20 +56,50 @@ async def run(jobs: int, seconds: float) -> list[Figure]:
             db = workdir / "data" / "cronbus.db"
             await asyncio.sleep(WARMUP)  # the benchmark observes a fixed window, nothing else
             calls0, rows0, t0 = _calls(receiver), await asyncio.to_thread(finished_runs, db), time.monotonic()
+            cpu0 = cpu_by_part()
             await asyncio.sleep(seconds)
             calls1, rows1, t1 = _calls(receiver), await asyncio.to_thread(finished_runs, db), time.monotonic()
+            cpu1 = cpu_by_part()
     server.close()
     called = (calls1 - calls0) / (t1 - t0)
     recorded = (rows1 - rows0) / (t1 - t0)
     sustained = min(called, recorded)
     load = os.getloadavg()[0]
     note = f"{jobs} jobs @every 1s ({jobs}/s asked), {seconds:g} s window after {WARMUP:g} s; load {load:.1f}"
+    runs = max(calls1 - calls0, 1)
+    cpu = {part: (cpu1.get(part, 0.0) - cpu0.get(part, 0.0)) * 1e6 / runs for part in cpu1}
+    cpu_note = ", ".join(f"{part} {us:.0f}" for part, us in sorted(cpu.items()))
     return [
         Figure("end-to-end HTTP runs/s (called and in history)", sustained, "runs/s", f">= {TARGET:,.0f}",
                sustained >= TARGET, note),
         Figure("  calls received/s", called, "runs/s", "-", None, ""),
         Figure("  runs recorded in SQL/s", recorded, "runs/s", "-", None, ""),
+        Figure("  CPU per call, all parts", sum(cpu.values()), "us", "-", None, f"us per call: {cpu_note}"),
     ]  # fmt: skip
+
+
+def cpu_by_part() -> dict[str, float]:
+    """CPU seconds so far of each part of `cronbus up` and of this benchmark (its receiver)."""
+    out: dict[str, float] = {"benchmark": _cpu(psutil.Process())}
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            cmdline = proc.cmdline()
+            if "nats-server" in proc.name():
+                part = "nats-server"
+            elif "cronbus.shared.cli" in cmdline:
+                service = cmdline[cmdline.index("cronbus.shared.cli") + 1]
+                part = "api+scheduler" if service == "up" else service
+            else:
+                continue
+            out[part] = out.get(part, 0.0) + _cpu(proc)
+        except psutil.Error:
+            continue
+    return out
+
+
+def _cpu(proc: psutil.Process) -> float:
+    times = proc.cpu_times()
+    return times.user + times.system
 
 
 def _calls(receiver: Receiver) -> int:
