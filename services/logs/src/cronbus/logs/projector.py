@@ -92,6 +92,10 @@ class Pacing:
     # takes smaller batches: 256 of them hold at most 16 MiB.
     output_batch: int = 256
     fetch_timeout: float = 1.0
+    # How long a batch that is not full waits for more: under a steady trickle (a busy
+    # system's runs finishing one by one) batches grow from a handful of events to hundreds,
+    # and the history is at most this much later.
+    linger: float = 0.05
     # Redelivery is only a safety net (the projector re-binds from its position), so the
     # wait is long enough that a slow transaction is never delivered twice meanwhile.
     ack_wait: float = 60.0
@@ -178,7 +182,9 @@ class Projector:
                 if self._stale or self._pull is None or self._bound_at_reconnects != self._reconnects():
                     await self.bind()
                 assert self._pull is not None
-                msgs = await self._pull.fetch(self._batch, timeout=self.pacing.fetch_timeout)
+                msgs = await self._pull.fetch(
+                    self._batch, timeout=self.pacing.fetch_timeout, linger=self.pacing.linger
+                )
                 if not msgs:
                     failures = 0
                     idle += 1
@@ -428,13 +434,20 @@ class Pull:
         if sub is not None:
             await sub.unsubscribe()
 
-    async def fetch(self, batch: int, timeout: float) -> list[Delivery]:
-        """Up to `batch` messages in delivery order; none if nothing came within `timeout`."""
+    async def fetch(self, batch: int, timeout: float, linger: float = 0.0) -> list[Delivery]:
+        """Up to `batch` messages in delivery order; none if nothing came within `timeout`.
+        When fewer than `batch` are there at once, up to `linger` seconds more are given to
+        the rest (bigger batches when events trickle in: each costs a transaction)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         if len(self._received) < batch:
             # What the consumer has now, at once, ended by a 404/408 when it runs out.
             await self._request({"batch": batch - len(self._received), "no_wait": True}, batch, deadline)
+        if self._received and len(self._received) < batch and linger > 0:
+            # The server ends the request after `linger` (408); the client's own timer is
+            # the backstop, and what arrives after it is kept for the next fetch.
+            request: dict[str, object] = {"batch": batch - len(self._received), "expires": int(linger * 1e9)}
+            await self._request(request, batch, loop.time() + linger + self._EXPIRES_EARLY)
         if not self._received:
             # Nothing now: wait for the next message. A request for one is over once it is
             # answered, so none is left waiting on the server to take what follows (the next
