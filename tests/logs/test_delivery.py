@@ -11,7 +11,7 @@ from nats.aio.msg import Msg
 from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from cronbus.logs.projector import Delivery, feeds
+from cronbus.logs.projector import Delivery, Pull, feeds
 from cronbus.shared.bus import Bus
 from cronbus.shared.events import Event
 from cronbus.shared.history.schema import jobs, log_chunks, projector_positions, run_attempts, runs
@@ -146,41 +146,66 @@ async def _settled(bus: Bus, stream: str, consumer: str):  # type: ignore[no-unt
     return info if info.num_ack_pending == 0 and info.num_pending == 0 else None
 
 
-async def test_a_delivery_lost_in_transit_is_delivered_again_at_once(
-    history_settings: Settings, bus: Bus, history: AsyncEngine
+@pytest.mark.parametrize("then_more", [True, False], ids=["gap", "tail"])
+async def test_a_lost_delivery_is_delivered_again_at_once(
+    history_settings: Settings,
+    bus: Bus,
+    history: AsyncEngine,
+    monkeypatch: pytest.MonkeyPatch,
+    then_more: bool,
 ):
-    """Another client pulls (and never acks) a message of the projector's consumer, as if it were
-    lost on a dropped connection. The projector sees the gap in the delivery sequence and
-    recreates its consumer from its position, so that message is projected now, not after
-    the 60 s ack wait, and never skipped."""
+    """Another client takes (and never acks) a message of the projector's consumer while the
+    projector is between fetches, as if it were lost on a dropped connection or in a consumer
+    leader change. With a later message (`gap`) the projector sees the gap in the delivery
+    sequence; when it was the last one (`tail`) no gap shows, but the consumer says it
+    delivered more than the projector received. Either way the projector recreates its
+    consumer from its position, so the lost message is projected now, not after the 60 s ack
+    wait, and never skipped."""
     n = history_settings.names
+    gate = asyncio.Event()
+    gate.set()
+    fetch = Pull.fetch
+
+    async def gated(self: Pull, batch: int, timeout: float, linger: float = 0.0) -> list[Delivery]:
+        await gate.wait()
+        return await fetch(self, batch, timeout, linger)
+
+    monkeypatch.setattr(Pull, "fetch", gated)
     thief = await bus.js.pull_subscribe_bind(durable="logs-runs", stream=n.runs_stream)
+
+    async def waiting(count: int) -> bool:
+        info = await bus.js.consumer_info(n.runs_stream, "logs-runs")
+        return info.num_waiting == count
+
     async with running_logs(history_settings) as service:
         [runs_projector] = [p for p in service.projectors if p.feed.kind == "runs"]
-        stolen = None
-        for r in range(20):
-            # The thief's pull waits first in the queue, so it usually gets the next message.
-            steal = asyncio.create_task(thief.fetch(1, timeout=0.5))
-            await asyncio.sleep(0)
-            started, finished = [
-                e for e in _run(r) if e.__struct_config__.tag in ("run.started", "run.finished")
-            ][-2:]
-            await publish(bus, history_settings, started)
-            try:
-                [stolen] = await steal
-            except TimeoutError:
-                stolen = None
-            await publish(bus, history_settings, finished)
-            if stolen is not None:
-                break
-        assert stolen is not None, "the other client never got a message"
-        print("STOLEN AT", r)
+        first, lost, later = (
+            [e for e in _run(r) if e.__struct_config__.tag == "run.finished"][-1] for r in range(3)
+        )
+        await publish(bus, history_settings, first)
+        await wait_for(lambda: _run_status(history, first.run_id, "succeeded"), timeout=10,  # type: ignore[attr-defined]
+                       what="first run projected")  # fmt: skip
+        gate.clear()
+        # The projector's last pull request expires; then the other client's is the only one.
+        await wait_for(lambda: waiting(0), timeout=10, what="no pull request waiting")
+        steal = asyncio.create_task(thief.fetch(1, timeout=10))
+        await wait_for(lambda: waiting(1), timeout=10, what="the other client's pull request waiting")
+        await publish(bus, history_settings, lost)
+        [stolen] = await steal
+        assert stolen.subject.rsplit(".", 1)[1] == lost.run_id  # type: ignore[attr-defined]
+        if then_more:
+            await publish(bus, history_settings, later)
         binds = runs_projector.binds
-        run_id = stolen.subject.rsplit(".", 1)[1]
+        gate.set()
         await wait_for(
-            lambda: _run_status(history, run_id, "succeeded"), timeout=10, what="stolen run projected"
+            lambda: _run_status(history, lost.run_id, "succeeded"),  # type: ignore[attr-defined]
+            timeout=10,
+            what="the lost run projected",
         )
         assert runs_projector.binds > binds
+        if then_more:
+            await wait_for(lambda: _run_status(history, later.run_id, "succeeded"), timeout=10,  # type: ignore[attr-defined]
+                           what="the later run projected")  # fmt: skip
     await thief.unsubscribe()
 
 

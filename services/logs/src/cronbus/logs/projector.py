@@ -101,6 +101,8 @@ class Pacing:
     ack_wait: float = 60.0
     backoff_first: float = 0.1
     backoff_max: float = 5.0
+    # The longest a (re)bind may take before it is given up and tried again.
+    bind_timeout: float = 20.0
     # Idle fetches between checks that the consumer still exists.
     idle_checks_every: int = 5
 
@@ -180,7 +182,10 @@ class Projector:
         while not stopping.is_set():
             try:
                 if self._stale or self._pull is None or self._bound_at_reconnects != self._reconnects():
-                    await self.bind()
+                    # Each step has its own timeout, but an unsubscribe or subscribe can wait on a
+                    # connection that is going away; a bind that hangs is tried again instead.
+                    async with asyncio.timeout(self.pacing.bind_timeout):
+                        await self.bind()
                 assert self._pull is not None
                 msgs = await self._pull.fetch(
                     self._batch, timeout=self.pacing.fetch_timeout, linger=self.pacing.linger
@@ -261,11 +266,25 @@ class Projector:
         return found.seq is None or found.seq >= seq
 
     async def _check_consumer(self) -> None:
+        """While idle: bind again if the consumer is gone, or if it says it delivered more than
+        arrived here. The second is a lost *tail*, which leaves no gap to see: deliveries the
+        consumer's leader sent (or, after a leader change, counted as sent) that never reached
+        this client. The consumer waits `ack_wait` before sending them again; the position does
+        not wait."""
         try:
-            await self.js.consumer_info(self.feed.stream, self.feed.consumer)
+            info = await self.js.consumer_info(self.feed.stream, self.feed.consumer)
         except NotFoundError:
             log.warning("%s: the consumer is gone; creating it again from the stored position",
                         self.feed.consumer)  # fmt: skip
+            self._stale = True
+            return
+        delivered = info.delivered.consumer_seq if info.delivered is not None else None
+        arrived = self._delivered + (self._pull.buffered if self._pull is not None else 0)
+        if delivered is not None and delivered > arrived:
+            log.warning(
+                "%s: the consumer delivered up to %d but %d arrived; binding again from the position",
+                self.feed.consumer, delivered, arrived,
+            )  # fmt: skip
             self._stale = True
 
     async def _project(self, msgs: Sequence[Delivery], stopping: asyncio.Event) -> None:
@@ -433,6 +452,11 @@ class Pull:
         sub, self._sub = self._sub, None
         if sub is not None:
             await sub.unsubscribe()
+
+    @property
+    def buffered(self) -> int:
+        """Deliveries received and not fetched yet."""
+        return len(self._received)
 
     async def fetch(self, batch: int, timeout: float, linger: float = 0.0) -> list[Delivery]:
         """Up to `batch` messages in delivery order; none if nothing came within `timeout`.
