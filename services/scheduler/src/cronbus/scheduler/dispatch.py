@@ -33,7 +33,7 @@ from cronbus.scheduler.lease import Term
 from cronbus.scheduler.publish import Acked, OnAck, Outgoing, header_block
 from cronbus.shared import metrics
 from cronbus.shared.bus import MSG_ID
-from cronbus.shared.events import RunDispatched, scheduled_run_id
+from cronbus.shared.events import RunDispatched, scheduled_run_id, utcnow
 from cronbus.shared.names import Names
 from cronbus.shared.tracing import exporting, inject_headers, new_trace_headers, tracer
 
@@ -118,8 +118,18 @@ def encode_dispatch(due: Due, job: Job, *, scheduler: str, now: float) -> tuple[
     `RunDispatched` would) and its lateness in milliseconds. A dispatch is always the run's
     attempt 1: publishing it again is the same message, not another attempt."""
     lateness_ms = max(0.0, (now - due.fire_at) * 1000)
-    event = RunDispatchedWire(
+    dispatched_at = datetime.fromtimestamp(now, UTC)
+    event = _wire_event(due, job, scheduler, utcnow(), dispatched_at, lateness_ms)
+    return _wire_encoder.encode(event), lateness_ms
+
+
+def _wire_event(
+    due: Due, job: Job, scheduler: str, occurred_at: datetime, dispatched_at: datetime, lateness_ms: float
+) -> msgspec.Struct:
+    """The `RunDispatched` of `due` for `job` (encode_dispatch's and prepare_dispatch's)."""
+    return RunDispatchedWire(
         event_id=event_id(),
+        occurred_at=occurred_at,
         run_id=run_id_of(due.job_id, due.slot_ms),
         job_id=due.job_id,
         slot=_slot_time(due.slot_ms),
@@ -128,11 +138,10 @@ def encode_dispatch(due: Due, job: Job, *, scheduler: str, now: float) -> tuple[
         spec=msgspec.Raw(job.spec_json),
         job_revision=job.revision,
         trigger=due.trigger,
-        dispatched_at=datetime.fromtimestamp(now, UTC),
+        dispatched_at=dispatched_at,
         lateness_ms=lateness_ms,
         scheduler=scheduler,
     )
-    return _wire_encoder.encode(event), lateness_ms
 
 
 # Stand-ins for the instants and the lateness a prepared dispatch learns only when it is sent.
@@ -163,7 +172,7 @@ class Prepared:
         before, between, after_dispatched, rest = self.parts
         return b"".join(
             (before, instant, between, instant, after_dispatched, repr(lateness_ms).encode(), rest)
-        ), (lateness_ms)
+        ), lateness_ms
 
 
 def _json_instant(now: float) -> bytes:
@@ -174,21 +183,7 @@ def _json_instant(now: float) -> bytes:
 
 def prepare_dispatch(due: Due, job: Job, *, scheduler: str) -> Prepared:
     """The dispatch of `due` encoded ahead of time (see `Prepared`); its header block too."""
-    event = RunDispatchedWire(
-        event_id=event_id(),
-        occurred_at=_PENDING_TIME,
-        run_id=run_id_of(due.job_id, due.slot_ms),
-        job_id=due.job_id,
-        slot=_slot_time(due.slot_ms),
-        attempt=1,
-        pool=job.pool,
-        spec=msgspec.Raw(job.spec_json),
-        job_revision=job.revision,
-        trigger=due.trigger,
-        dispatched_at=_PENDING_TIME,
-        lateness_ms=_PENDING_LATENESS,
-        scheduler=scheduler,
-    )
+    event = _wire_event(due, job, scheduler, _PENDING_TIME, _PENDING_TIME, _PENDING_LATENESS)
     raw = _wire_encoder.encode(event)
     # Split at the three values, found by their keys: a quoted key cannot occur inside a JSON
     # string (its quotes would be escaped), and only the spec, between occurred_at and
