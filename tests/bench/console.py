@@ -10,23 +10,17 @@ chromium`, or CRONBUS_CHROMIUM).
 
 from __future__ import annotations
 
-import json
-import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 
 from tests.bench.common import Figure, percentile
 from tests.console.conftest import CHROMIUM, CHROMIUM_ARGS, browser_missing
-from tests.support import wait_for_sync
+from tests.support import running_up, wait_for_sync
 
 JOBS = 10_000
 BATCH = 1000
@@ -54,44 +48,6 @@ WATCH_LOG = """() => {
     }
   }).observe(log, { childList: true, subtree: true, characterData: true });
 }"""
-
-
-@contextmanager
-def cronbus_up(data_dir: Path) -> Iterator[tuple[str, str]]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CRONBUS_")}
-    env["CRONBUS_PROCESSES"] = "1"
-    with (data_dir.parent / "up.log").open("wb") as log:
-        up = [sys.executable, "-m", "cronbus.shared.cli", "up", "--api-port", "0"]
-        proc = subprocess.Popen(
-            [*up, "--data-dir", str(data_dir)],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-        try:
-            state_file = data_dir / "cronbus.json"
-            wait_for_sync(
-                lambda: state_file.exists() or proc.poll() is not None, timeout=60, what="cronbus up"
-            )
-            state = json.loads(state_file.read_text())
-
-            def ready() -> bool:
-                try:
-                    return httpx.get(state["api_url"] + "/readyz", timeout=2).status_code == 200
-                except httpx.HTTPError:
-                    return False
-
-            wait_for_sync(ready, timeout=60, what="API ready")
-            yield state["api_url"], state["admin_key"]
-        finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
 
 
 def seed_jobs(client: httpx.Client) -> None:
@@ -224,8 +180,12 @@ async def main() -> list[Figure]:
     with tempfile.TemporaryDirectory(prefix="cronbus-bench-console-") as tmp:
         data_dir = Path(tmp) / "data"
         with (
-            cronbus_up(data_dir) as (url, key),
-            httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as client,
+            running_up(data_dir) as state,
+            httpx.Client(base_url=state["api_url"], headers=auth(state), timeout=30) as client,
         ):
             seed_jobs(client)
-            return await measure(url, key, client, Path(tmp) / "profile")
+            return await measure(state["api_url"], state["admin_key"], client, Path(tmp) / "profile")
+
+
+def auth(state: dict[str, str]) -> dict[str, str]:
+    return {"Authorization": f"Bearer {state['admin_key']}"}

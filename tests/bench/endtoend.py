@@ -18,11 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
 import psutil
 
 from tests.bench.common import Figure
-from tests.bench.seed import Receiver, create_jobs, cronbus_up
+from tests.bench.seed import Receiver, create_jobs, receiving_up
 
 TARGET = 1700.0
 WARMUP = 15.0
@@ -44,23 +43,16 @@ def finished_runs(db: Path) -> int:
 
 
 async def run(jobs: int, seconds: float) -> list[Figure]:
-    receiver = Receiver()
-    server = await asyncio.start_server(receiver.handle, "127.0.0.1", 0, backlog=4096)
-    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
     with tempfile.TemporaryDirectory(prefix="cronbus-e2e-") as tmp:
-        workdir = Path(tmp)
-        async with cronbus_up(workdir / "data", workdir / "up.log") as state:
-            headers = {"Authorization": f"Bearer {state['admin_key']}"}
-            async with httpx.AsyncClient(base_url=state["api_url"], headers=headers, timeout=120) as client:
-                await create_jobs(client, jobs, lambda i: job_body(i, url))
-            db = workdir / "data" / "cronbus.db"
+        async with receiving_up(Path(tmp)) as (receiver, url, client, data_dir):
+            await create_jobs(client, jobs, lambda i: job_body(i, url))
+            db = data_dir / "cronbus.db"
             await asyncio.sleep(WARMUP)  # the benchmark observes a fixed window, nothing else
             calls0, rows0, t0 = _calls(receiver), await asyncio.to_thread(finished_runs, db), time.monotonic()
             cpu0 = cpu_by_part()
             await asyncio.sleep(seconds)
             calls1, rows1, t1 = _calls(receiver), await asyncio.to_thread(finished_runs, db), time.monotonic()
             cpu1 = cpu_by_part()
-    server.close()
     called = (calls1 - calls0) / (t1 - t0)
     recorded = (rows1 - rows0) / (t1 - t0)
     sustained = min(called, recorded)

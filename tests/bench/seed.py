@@ -20,9 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
-import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -33,8 +31,9 @@ from pathlib import Path
 
 import httpx
 
+from cronbus.shared.up import default_processes
 from tests.bench.common import Figure, percentile
-from tests.support import stop_process
+from tests.support import running_up_async
 
 BATCH = 1000
 INTERVAL = 60.0
@@ -75,35 +74,22 @@ class Receiver:
 
 
 @contextlib.asynccontextmanager
-async def cronbus_up(data_dir: Path, log: Path) -> AsyncIterator[dict[str, str]]:
-    """`cronbus up` on a fresh data directory; yields its cronbus.json."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CRONBUS_")}
-    env["CRONBUS_LOG_LEVEL"] = "WARNING"
-    with log.open("ab") as out:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "cronbus.shared.cli", "up",
-            "--data-dir", str(data_dir), "--api-port", "0",
-            stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=asyncio.subprocess.STDOUT, env=env,
-        )  # fmt: skip
-    state_file = data_dir / "cronbus.json"
+async def receiving_up(workdir: Path) -> AsyncIterator[tuple[Receiver, str, httpx.AsyncClient, Path]]:
+    """A keep-alive `Receiver` and `cronbus up` on a fresh data directory in `workdir`, with as
+    many runner processes as `up` picks by itself and logs at WARNING. Yields the receiver, its
+    URL, an API client with the admin key, and the data directory."""
+    receiver = Receiver()
+    server = await asyncio.start_server(receiver.handle, "127.0.0.1", 0, backlog=4096)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    data_dir = workdir / "data"
+    env = {"CRONBUS_LOG_LEVEL": "WARNING", "CRONBUS_PROCESSES": str(default_processes())}
     try:
-        deadline = time.monotonic() + 120
-        while not state_file.exists():
-            if proc.returncode is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"cronbus up did not start; see {log}")
-            await asyncio.sleep(0.2)
-        state = json.loads(state_file.read_text())
-        async with httpx.AsyncClient(base_url=state["api_url"], timeout=10) as client:
-            while True:
-                with contextlib.suppress(httpx.HTTPError):
-                    if (await client.get("/readyz")).status_code == 200:
-                        break
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"cronbus up never became ready; see {log}")
-                await asyncio.sleep(0.2)
-        yield state
+        async with running_up_async(data_dir, **env) as state:
+            headers = {"Authorization": f"Bearer {state['admin_key']}"}
+            async with httpx.AsyncClient(base_url=state["api_url"], headers=headers, timeout=120) as client:
+                yield receiver, url, client, data_dir
     finally:
-        await stop_process(proc, timeout=60)
+        server.close()
 
 
 def job_body(i: int, url: str, anchor: str | None = None) -> dict[str, object]:
@@ -176,27 +162,20 @@ def judge(first_slots: list[float], hits: dict[int, list[float]], start: float, 
 
 
 async def run(jobs: int, minutes: float, spread: bool = False) -> list[Figure]:
-    receiver = Receiver()
-    server = await asyncio.start_server(receiver.handle, "127.0.0.1", 0, backlog=4096)
-    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
     with tempfile.TemporaryDirectory(prefix="cronbus-seed-") as tmp:
-        workdir = Path(tmp)
-        async with cronbus_up(workdir / "data", workdir / "up.log") as state:
-            headers = {"Authorization": f"Bearer {state['admin_key']}"}
-            async with httpx.AsyncClient(base_url=state["api_url"], headers=headers, timeout=120) as client:
-                began = time.monotonic()
-                base = float(int(time.time() // INTERVAL * INTERVAL))
-                first_slots = await create_jobs(
-                    client, jobs, lambda i: job_body(i, url, spread_anchor(i, jobs, base) if spread else None)
-                )
-                creation = time.monotonic() - began
+        async with receiving_up(Path(tmp)) as (receiver, url, client, _):
+            began = time.monotonic()
+            base = float(int(time.time() // INTERVAL * INTERVAL))
+            first_slots = await create_jobs(
+                client, jobs, lambda i: job_body(i, url, spread_anchor(i, jobs, base) if spread else None)
+            )
+            creation = time.monotonic() - began
             start = time.time()
             end = start + minutes * 60
             # Calls for slots up to `end` may still be arriving: wait out the late limit.
             await asyncio.sleep(end - time.time() + LATE_LIMIT)
             # A call that arrived later than the limit answers no slot of the window.
             hits = {i: [t for t in ts if t <= end + LATE_LIMIT] for i, ts in receiver.hits.items()}
-    server.close()
     outcome = judge(first_slots, hits, start, end)
     p50, p99 = percentile(outcome.drifts, 50), percentile(outcome.drifts, 99)
     note = f"{jobs} jobs, {minutes:g} min observed, {outcome.expected} job-minutes expected"
