@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import msgspec
 import nats
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
@@ -33,6 +34,27 @@ log = logging.getLogger(__name__)
 
 MSG_ID = "Nats-Msg-Id"
 EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
+
+
+class ApiErrorWire(msgspec.Struct):
+    """The `error` of a JetStream API reply, decoded by msgspec (for code that reads replies
+    itself instead of through nats-py's JetStream context)."""
+
+    code: int = 0
+    err_code: int | None = None
+    description: str = ""
+
+
+class PubAckWire(msgspec.Struct):
+    """JetStream's acknowledgement of a publish (`PubAck`), or the error that refused it."""
+
+    stream: str = ""
+    seq: int = 0
+    duplicate: bool = False
+    domain: str | None = None
+    error: ApiErrorWire | None = None
+
+
 # How long the AUDIT stream keeps a record (the SQL `audit` table keeps it for good).
 AUDIT_MAX_AGE = 400 * 86400.0
 

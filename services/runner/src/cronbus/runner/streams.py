@@ -19,6 +19,8 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from cronbus.shared.bus import ApiErrorWire, PubAckWire
+
 log = logging.getLogger(__name__)
 
 # Requests sent within one tick share the timer that ends those still unanswered.
@@ -29,7 +31,7 @@ NO_RESPONDERS = "503"
 class StreamError(Exception):
     """JetStream answered with an error."""
 
-    def __init__(self, code: int, err_code: int, description: str) -> None:
+    def __init__(self, code: int, err_code: int | None, description: str) -> None:
         super().__init__(f"{description} (status {code}, error {err_code})")
         self.code = code
         self.err_code = err_code
@@ -39,35 +41,23 @@ class MessageNotFound(StreamError):
     pass
 
 
-class _ApiError(msgspec.Struct):
-    code: int = 0
-    err_code: int = 0
-    description: str = ""
-
-
-class _PubAck(msgspec.Struct):
-    stream: str = ""
-    seq: int = 0
-    error: _ApiError | None = None
-
-
 class _StoredMessage(msgspec.Struct):
     data: bytes = b""
 
 
 class _MsgGetReply(msgspec.Struct):
     message: _StoredMessage | None = None
-    error: _ApiError | None = None
+    error: ApiErrorWire | None = None
 
 
-_pub_ack = msgspec.json.Decoder(_PubAck)
+_pub_ack = msgspec.json.Decoder(PubAckWire)
 _msg_get = msgspec.json.Decoder(_MsgGetReply)
 _last_by_subject = msgspec.json.Encoder()
 # `no message found`, the answer to reading a subject with no messages.
 _NO_MESSAGE = 10037
 
 
-def _raise(error: _ApiError) -> None:
+def _raise(error: ApiErrorWire) -> None:
     if error.err_code == _NO_MESSAGE:
         raise MessageNotFound(error.code, error.err_code, error.description)
     raise StreamError(error.code, error.err_code, error.description)

@@ -38,23 +38,13 @@ from nats.errors import (
 from nats.js.api import PubAck
 from nats.js.errors import APIError, NoStreamResponseError
 
+from cronbus.shared.bus import PubAckWire
+
 log = logging.getLogger(__name__)
 
 
-class _ApiError(msgspec.Struct):
-    code: int = 0
-    err_code: int | None = None
-    description: str = ""
-
-
-class Acked(msgspec.Struct):
-    """A stream's acknowledgement of a publish (JetStream's PubAck, decoded by msgspec)."""
-
-    stream: str = ""
-    seq: int = 0
-    duplicate: bool = False
-    domain: str | None = None
-    error: _ApiError | None = None
+# A stream's acknowledgement of a publish, decoded by msgspec.
+Acked = PubAckWire
 
 
 _ack_decoder = msgspec.json.Decoder(Acked)
