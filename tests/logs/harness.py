@@ -143,6 +143,22 @@ async def snapshot(engine: AsyncEngine) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
+async def positions(engine: AsyncEngine) -> dict[str, int]:
+    """Each projector's stored stream position, by consumer name."""
+    return {p["consumer"]: p["stream_seq"] for p in await rows(engine, projector_positions)}
+
+
+async def wait_positions(engine: AsyncEngine, expected: dict[str, int], *, timeout: float = 15.0) -> None:
+    """Waits until every projector has stored the position `expected` gives it: all of
+    its stream is in SQL (the consumers project independently, in any order)."""
+
+    async def reached() -> bool:
+        found = await positions(engine)
+        return all(found.get(consumer, 0) >= seq for consumer, seq in expected.items())
+
+    await wait_for(reached, timeout=timeout, what=f"projector positions {expected}")
+
+
 async def wait_rows(
     engine: AsyncEngine, table: Table, count: int, *, timeout: float = 15.0
 ) -> list[dict[str, Any]]:

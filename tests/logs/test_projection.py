@@ -10,9 +10,19 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from cronbus.logs.app import create_service
 from cronbus.shared.bus import Bus
 from cronbus.shared.events import JobDeleted, JobPaused, JobResumed, JobUpdated, RunFinished, run_id_for
-from cronbus.shared.history.schema import jobs, log_chunks, projector_positions, run_attempts, runs
+from cronbus.shared.history.schema import jobs, log_chunks, run_attempts, runs
 from cronbus.shared.settings import Settings
-from tests.logs.harness import T0, job_created, publish, rows, run_events, running_logs, spec, wait_rows
+from tests.logs.harness import (
+    T0,
+    job_created,
+    positions,
+    publish,
+    rows,
+    run_events,
+    running_logs,
+    spec,
+    wait_positions,
+)
 from tests.support import wait_for
 
 
@@ -24,14 +34,14 @@ async def test_a_run_and_its_job_are_projected(history_settings: Settings, bus: 
     )
     await publish(bus, history_settings, created, *lifecycle, updated)
 
+    expected = {"logs-jobs": 2, "logs-dispatch": 1, "logs-runs": 4, "logs-logs": 2}
     async with running_logs(history_settings, create_service(history_settings)):
-        [run] = await wait_rows(history, runs, 1)
-        run = await wait_for(
-            lambda: _first(history, runs, status="succeeded"), timeout=15, what="run succeeded"
-        )
-        [job] = await wait_for(lambda: _with(history, jobs, revision=2), timeout=15, what="job revision 2")
-        attempts = await wait_rows(history, run_attempts, 2)
-        chunks = await wait_rows(history, log_chunks, 2)
+        # Each stream has its own projector: read only once all four have stored everything.
+        await wait_positions(history, expected)
+        [run] = await rows(history, runs)
+        [job] = await rows(history, jobs)
+        attempts = await rows(history, run_attempts)
+        chunks = await rows(history, log_chunks)
 
     run_id = run_id_for("job-1", T0)
     assert run["id"] == run_id
@@ -72,8 +82,7 @@ async def test_a_run_and_its_job_are_projected(history_settings: Settings, bus: 
     assert job["created_at"] == T0
     assert job["updated_at"] == T0 + timedelta(1)
 
-    positions = {p["consumer"]: p["stream_seq"] for p in await rows(history, projector_positions)}
-    assert positions == {"logs-jobs": 2, "logs-dispatch": 1, "logs-runs": 4, "logs-logs": 2}
+    assert await positions(history) == expected
 
 
 async def test_job_pause_resume_and_delete(history_settings: Settings, bus: Bus, history: AsyncEngine):
