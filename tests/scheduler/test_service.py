@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -16,8 +17,9 @@ import pytest
 from nats.js.errors import KeyNotFoundError
 
 from cronbus.scheduler.app import SchedulerService
+from cronbus.scheduler.domain import Timetable
 from cronbus.scheduler.feed import JobFeed
-from cronbus.scheduler.leadership import STATUS_KEY
+from cronbus.scheduler.leadership import DISPATCH_QUANTUM, STATUS_KEY
 from cronbus.scheduler.lease import LEASE_KEY
 from cronbus.scheduler.watermark import WATERMARK_KEY, Watermark
 from cronbus.shared.bus import Bus
@@ -86,6 +88,41 @@ async def test_every_second_job_dispatches_each_slot_once(settings: Settings, bu
         assert d.event.spec.schedule == "* * * * * *"
         assert d.event.job_revision == 1
         assert d.event.pool == "default"
+
+
+async def test_slots_due_back_to_back_go_out_together_and_never_early(
+    settings: Settings, bus: Bus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Twenty jobs due a millisecond apart: the leader wakes at most once per quantum for them
+    (one write, one batch for the runners) instead of twenty times, and no slot goes early."""
+    names = settings.names
+    async with running(settings) as service:
+        await wait_for(lambda: service.leading.is_set(), what="leadership")
+        wakeups: list[float] = []
+        pop_due = Timetable.pop_due
+
+        def counted(timetable: Timetable, now: float, limit: int):  # type: ignore[no-untyped-def]
+            due = pop_due(timetable, now, limit=limit)
+            if due:
+                wakeups.append(time.monotonic())
+            return due
+
+        monkeypatch.setattr(Timetable, "pop_due", counted)
+        base = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=2)
+        ids = [f"b{i:02d}" for i in range(20)]
+        for i, job_id in enumerate(ids):
+            anchor = base + timedelta(milliseconds=i)
+            await create_job(bus.js, names, job_id, spec("@every 10s", anchor=anchor))
+        found = await wait_for(lambda: _each_once(bus, ids), timeout=15, what="a dispatch of each job")
+    assert all(d.event.dispatched_at >= d.event.slot for d in found)
+    gaps = [b - a for a, b in itertools.pairwise(wakeups)]
+    assert len(wakeups) <= 20e-3 / DISPATCH_QUANTUM + 2, wakeups
+    assert all(gap >= DISPATCH_QUANTUM * 0.9 for gap in gaps), gaps
+
+
+async def _each_once(bus: Bus, job_ids: list[str]) -> list:  # type: ignore[type-arg]
+    found = [d for d in await read_dispatches(bus.js, bus.settings.names) if d.event.job_id in job_ids]
+    return found if {d.event.job_id for d in found} == set(job_ids) else []
 
 
 async def _at_least(bus: Bus, job_id: str, n: int) -> list:  # type: ignore[type-arg]
