@@ -7,8 +7,10 @@ import pytest
 
 from cronbus.runner.attempts import HANDED_BACK, after_attempt, plan_delivery
 from cronbus.runner.overlap import RunningRecord
+from cronbus.runner.runs import EventPublisher
 from cronbus.shared.bus import MSG_ID, Bus
 from cronbus.shared.events import (
+    Event,
     Retries,
     RunFinished,
     RunStarted,
@@ -177,6 +179,34 @@ async def test_a_redelivered_finished_run_is_acked_not_run_again(settings: Setti
             assert await output_of(bus.js, settings, d.run_id) == b"once\n"
     finally:
         await bus.close()
+
+
+async def test_a_first_start_whose_puback_was_lost_is_recognised_as_this_runners_own(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+):
+    """A first delivery stores run.started only as the run's first event, without reading
+    the run first. When that store went through but its answer did not come back, the runner
+    finds its own run.started on reading: it runs attempt 1, not a `lost` attempt and a 2nd."""
+    publish_first = EventPublisher.publish_first
+    tries: list[str] = []
+
+    async def answer_lost(self: EventPublisher, subject: str, event: Event, msg_id: str) -> bool:
+        tries.append(msg_id)
+        assert await publish_first(self, subject, event, msg_id)
+        return False
+
+    monkeypatch.setattr(EventPublisher, "publish_first", answer_lost)
+    bus = await Bus.open(settings, "test")
+    try:
+        async with running(settings):
+            d = await dispatch(bus.js, settings, ShellExecutor(command="echo once"))
+            outcome = await final_outcome(bus.js, settings, d.run_id)
+        events = await run_events(bus.js, settings, d.run_id)
+    finally:
+        await bus.close()
+    assert tries == [f"{d.run_id}:1:started"]
+    assert (outcome.status, outcome.attempt) == ("succeeded", 1)
+    assert [(type(e).__name__, e.attempt) for e in events] == [("RunStarted", 1), ("RunFinished", 1)]
 
 
 async def test_malformed_and_unknown_dispatches_are_terminated_without_blocking(settings: Settings):

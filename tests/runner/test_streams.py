@@ -5,7 +5,7 @@ from __future__ import annotations
 import nats.errors
 import pytest
 
-from cronbus.runner.streams import StreamClient, StreamError
+from cronbus.runner.streams import EXPECTED_LAST_SUBJECT_SEQ, WRONG_LAST_SEQUENCE, StreamClient, StreamError
 from cronbus.shared.bus import MSG_ID, Bus
 from cronbus.shared.settings import Settings
 
@@ -18,14 +18,20 @@ async def test_publishes_are_stored_and_the_last_message_of_a_subject_is_read(se
         names = settings.names
         subject = names.run_subject("job-1", "run-1")
         assert await streams.last_message(names.runs_stream, subject) is None
-        first = await streams.publish(subject, b"one", {MSG_ID: "m1"})
+        first = await streams.publish(subject, b"one", {MSG_ID: "m1", EXPECTED_LAST_SUBJECT_SEQ: "0"})
         second = await streams.publish(subject, b"two", {MSG_ID: "m2"})
-        assert second > first
+        assert second.seq > first.seq
+        assert not first.duplicate and not second.duplicate
         # A second copy of a stored message id is acknowledged, not stored again.
-        assert await streams.publish(subject, b"two again", {MSG_ID: "m2"}) == second
+        again = await streams.publish(subject, b"two again", {MSG_ID: "m2"})
+        assert (again.seq, again.duplicate) == (second.seq, True)
         assert await streams.last_message(names.runs_stream, subject) == b"two"
-        stored = await bus.js.get_msg(names.runs_stream, second)
+        stored = await bus.js.get_msg(names.runs_stream, second.seq)
         assert stored.data == b"two"
+        # "Only as the subject's first message" is refused once the subject has one.
+        with pytest.raises(StreamError) as refused:
+            await streams.publish(subject, b"three", {MSG_ID: "m3", EXPECTED_LAST_SUBJECT_SEQ: "0"})
+        assert refused.value.err_code == WRONG_LAST_SEQUENCE
     finally:
         await streams.close()
         await bus.close()

@@ -28,13 +28,13 @@ from nats.js.errors import NotFoundError
 from opentelemetry import context as otel_context
 from prometheus_client import Counter
 
-from cronbus.runner.attempts import HANDED_BACK, after_attempt, needs_history, plan_delivery
+from cronbus.runner.attempts import HANDED_BACK, DeliveryPlan, after_attempt, needs_history, plan_delivery
 from cronbus.runner.environment import RunIdentity, job_environment, parse_passthrough
 from cronbus.runner.executors import HttpClient, RunControl, execution_for
 from cronbus.runner.output import Chunk, Chunker, LiveOutput
 from cronbus.runner.overlap import Holder, RunningRecords
 from cronbus.runner.processes import Reaper
-from cronbus.runner.streams import StreamClient
+from cronbus.runner.streams import EXPECTED_LAST_SUBJECT_SEQ, WRONG_LAST_SEQUENCE, StreamClient, StreamError
 from cronbus.shared import metrics
 from cronbus.shared.bus import MSG_ID
 from cronbus.shared.events import (
@@ -93,6 +93,11 @@ def _trace_headers(msg_id: str | None) -> dict[str, str]:
     return headers
 
 
+def started_msg_id(run_id: str, attempt: int) -> str:
+    """The `Nats-Msg-Id` of an attempt's `run.started`."""
+    return f"{run_id}:{attempt}:started"
+
+
 def finished_msg_id(run_id: str, attempt: int) -> str:
     """The `Nats-Msg-Id` of an attempt's `run.finished`: one outcome per attempt is stored."""
     return f"{run_id}:{attempt}:finished"
@@ -141,6 +146,26 @@ class EventPublisher:
             began=began,
             failure=failure,
         )
+
+    async def publish_first(self, subject: str, event: Event, msg_id: str) -> bool:
+        """Store `event` only as `subject`'s first message, in one try: True when it was.
+
+        False when the subject already has messages, when a message with `msg_id` was
+        stored before (perhaps by this very call, its PubAck lost on the way) or when the try
+        failed: the caller then reads the subject and decides as it would have without this.
+        """
+        headers = _trace_headers(msg_id)
+        headers[EXPECTED_LAST_SUBJECT_SEQ] = "0"
+        try:
+            ack = await self.streams.publish(subject, encode(event), headers)
+        except StreamError as exc:
+            if exc.err_code != WRONG_LAST_SEQUENCE:
+                log.warning("storing the first event of %s failed: %s", subject, exc)
+            return False
+        except Exception as exc:
+            log.warning("storing the first event of %s failed: %r", subject, exc)
+            return False
+        return not ack.duplicate
 
     async def publish_all(self, messages: Sequence[Outgoing]) -> None:
         """Publish in order, then wait for all the PubAcks at once instead of each in turn.
@@ -429,14 +454,25 @@ class RunHandler:
 
     async def _handle(self, msg: Msg, d: RunDispatched) -> None:
         subject = self.names.run_subject(d.job_id, d.run_id)
-        retries = d.spec.retries
+        started: RunStarted | None = None
+        if d.spec.overlap == "allow" and msg.metadata.num_delivered == 1:
+            # A run's first delivery nearly always finds no events: store its run.started on
+            # the condition that the run has none yet, instead of reading first and storing
+            # after (one request instead of two).
+            started = self._started(d, 1)
+            if await self.events.publish_first(subject, started, started_msg_id(d.run_id, 1)):
+                await self._run(msg, d, DeliveryPlan(), started=True)
+                return
         last = await self.events.last_run_event(self.names.runs_stream, subject)
+        if started is not None and isinstance(last, RunStarted) and last.event_id == started.event_id:
+            # This runner's own run.started after all (its PubAck was lost).
+            await self._run(msg, d, DeliveryPlan(), started=True)
+            return
         # A first delivery needs one read; only a run with earlier attempts needs its history.
         history = [] if last is None else [last]
         if needs_history(last):
             history = await self.events.run_history(self.names.runs_stream, subject)
-        plan = plan_delivery(history, retries)
-        attempt = plan.attempt
+        plan = plan_delivery(history, d.spec.retries)
         if plan.finished:
             log.info("run %s already finished; acking delivery %d", d.run_id, msg.metadata.num_delivered)
             await msg.ack()
@@ -460,7 +496,11 @@ class RunHandler:
             if plan.lost_is_final:
                 await msg.ack()
                 return
+        await self._run(msg, d, plan, started=False)
 
+    async def _run(self, msg: Msg, d: RunDispatched, plan: DeliveryPlan, *, started: bool) -> None:
+        """Admit and execute the attempt `plan` says; `started`: its run.started is stored."""
+        attempt = plan.attempt
         chunker = Chunker(cap=self.settings.output_cap, secrets=secret_values(d.spec.executor))
         output = LiveOutput(self._chunk_publisher(d, attempt), chunker)
         control = RunControl(
@@ -477,7 +517,7 @@ class RunHandler:
             if d.spec.overlap != "allow" and not await self._admit(msg, d, attempt, control):
                 return
             try:
-                await self._execute(msg, d, plan.attempt, plan.counted, control)
+                await self._execute(msg, d, attempt, plan.counted, control, started=started)
             finally:
                 if d.spec.overlap != "allow":
                     await self._release(d)
@@ -563,25 +603,28 @@ class RunHandler:
 
         return publish
 
-    async def _execute(
-        self, msg: Msg, d: RunDispatched, attempt: int, counted: int, control: RunControl
-    ) -> None:
-        """Run attempt `attempt`; `counted` attempts before it count against `max_attempts`."""
-        subject = self.names.run_subject(d.job_id, d.run_id)
-        await self.events.publish(
-            subject,
-            RunStarted(
-                event_id=event_id(),
-                run_id=d.run_id,
-                job_id=d.job_id,
-                slot=d.slot,
-                attempt=attempt,
-                runner=self.settings.instance_id,
-                host=self.host,
-                pid=self.pid,
-            ),
-            msg_id=f"{d.run_id}:{attempt}:started",
+    def _started(self, d: RunDispatched, attempt: int) -> RunStarted:
+        return RunStarted(
+            event_id=event_id(),
+            run_id=d.run_id,
+            job_id=d.job_id,
+            slot=d.slot,
+            attempt=attempt,
+            runner=self.settings.instance_id,
+            host=self.host,
+            pid=self.pid,
         )
+
+    async def _execute(
+        self, msg: Msg, d: RunDispatched, attempt: int, counted: int, control: RunControl, *, started: bool
+    ) -> None:
+        """Run attempt `attempt`; `counted` attempts before it count against `max_attempts`;
+        `started`: the attempt's run.started is already stored."""
+        subject = self.names.run_subject(d.job_id, d.run_id)
+        if not started:
+            await self.events.publish(
+                subject, self._started(d, attempt), msg_id=started_msg_id(d.run_id, attempt)
+            )
         began = time.monotonic()
         execution = execution_for(d.spec.executor, self.http)
         async with control.output as output:

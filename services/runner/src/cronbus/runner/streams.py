@@ -1,7 +1,7 @@
 """JetStream publishes and reads whose replies all come back to one inbox of the runner's.
 
-A busy runner makes three JetStream requests per run (read the run's last event, store
-`run.started`, store `run.finished`). nats-py's `request` gives each its own timer
+A busy runner makes two JetStream requests per run (store `run.started`, store
+`run.finished`; a run with history also reads its last event). nats-py's `request` gives each its own timer
 (`asyncio.wait_for`), a random token and a JSON parse; here a reply inbox is numbered, the
 timeouts of the requests sent within one `TIMEOUT_TICK` share one timer, and the replies are
 decoded with msgspec.
@@ -55,6 +55,11 @@ _msg_get = msgspec.json.Decoder(_MsgGetReply)
 _last_by_subject = msgspec.json.Encoder()
 # `no message found`, the answer to reading a subject with no messages.
 _NO_MESSAGE = 10037
+# The header that stores a message only if its subject's last one is at this sequence ("0":
+# only as the subject's first message).
+EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
+# `wrong last sequence`: a publish's `Nats-Expected-Last-Subject-Sequence` did not hold.
+WRONG_LAST_SEQUENCE = 10071
 
 
 def _raise(error: ApiErrorWire) -> None:
@@ -95,13 +100,16 @@ class StreamClient:
                 log.debug("unsubscribe on stop: %s", exc)
             self._sub = None
 
-    async def publish(self, subject: str, payload: bytes, headers: dict[str, str] | None = None) -> int:
-        """Store a message; its stream sequence once the PubAck says it is stored."""
+    async def publish(
+        self, subject: str, payload: bytes, headers: dict[str, str] | None = None
+    ) -> PubAckWire:
+        """Store a message; its PubAck once it says the message is stored (`duplicate` when
+        a message with its `Nats-Msg-Id` already was)."""
         reply = await self._request(subject, payload, headers)
         ack = _pub_ack.decode(reply.data)
         if ack.error is not None:
             _raise(ack.error)
-        return ack.seq
+        return ack
 
     async def last_message(self, stream: str, subject: str) -> bytes | None:
         """The data of the last message on `subject` in `stream`, None when it has none."""
