@@ -10,7 +10,7 @@ from alembic.config import Config
 from sqlalchemy import Connection, insert, inspect, select
 
 from cronbus.shared.history.schema import log_chunks, output_sizes
-from cronbus.shared.history.store import MIGRATIONS, create_engine, migrate
+from cronbus.shared.history.store import MIGRATIONS, WAL_CHECKPOINT_PAGES, create_engine, migrate
 from cronbus.shared.settings import async_database_url
 
 
@@ -58,3 +58,18 @@ async def test_upgrading_a_database_with_output_fills_in_output_sizes(database_u
         assert sizes == {"r1": 150, "r2": 6}
     finally:
         await engine.dispose()
+
+
+async def test_a_sqlite_history_writes_ahead_and_checkpoints_every_ten_thousand_pages(tmp_path):
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path}/history.db")
+    try:
+        async with engine.connect() as conn:
+            settings = [
+                (await conn.exec_driver_sql(f"PRAGMA {name}")).scalar()
+                for name in ("journal_mode", "synchronous", "wal_autocheckpoint")
+            ]
+    finally:
+        await engine.dispose()
+    # synchronous 1 = NORMAL: a commit is durable across a crash of the process; the streams
+    # still hold what the last commits before a power loss wrote.
+    assert settings == ["wal", 1, WAL_CHECKPOINT_PAGES] and WAL_CHECKPOINT_PAGES == 10_000

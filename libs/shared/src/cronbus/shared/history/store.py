@@ -21,6 +21,10 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 _MIGRATION_LOCK = 0x63726F6E
 
 
+# See create_engine.
+WAL_CHECKPOINT_PAGES = 10_000
+
+
 class DatabaseUnavailable(RuntimeError):
     """The history database cannot be reached or used; the message says which URL."""
 
@@ -36,6 +40,11 @@ def create_engine(url: str) -> AsyncEngine:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
+            # Checkpoint the WAL every 10,000 pages (~40 MiB) instead of 1,000: the history's
+            # inserts dirty pages all over its indexes (run ids are random), and a page written
+            # by many commits is copied back once per checkpoint; about a fifth of the
+            # projection's SQLite time at a live pace of small batches.
+            cur.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
             cur.close()
 
         return engine
