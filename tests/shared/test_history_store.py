@@ -10,7 +10,13 @@ from alembic.config import Config
 from sqlalchemy import Connection, insert, inspect, select
 
 from cronbus.shared.history.schema import log_chunks, output_sizes
-from cronbus.shared.history.store import MIGRATIONS, WAL_CHECKPOINT_PAGES, create_engine, migrate
+from cronbus.shared.history.store import (
+    MIGRATIONS,
+    WAL_CHECKPOINT_PAGES,
+    WRITER_CACHE_MIB,
+    create_engine,
+    migrate,
+)
 from cronbus.shared.settings import async_database_url
 
 
@@ -60,16 +66,27 @@ async def test_upgrading_a_database_with_output_fills_in_output_sizes(database_u
         await engine.dispose()
 
 
-async def test_a_sqlite_history_writes_ahead_and_checkpoints_every_ten_thousand_pages(tmp_path):
-    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path}/history.db")
-    try:
-        async with engine.connect() as conn:
-            settings = [
-                (await conn.exec_driver_sql(f"PRAGMA {name}")).scalar()
-                for name in ("journal_mode", "synchronous", "wal_autocheckpoint")
-            ]
-    finally:
-        await engine.dispose()
+async def test_a_sqlite_history_writes_ahead_checkpoints_every_ten_thousand_pages_and_caches(tmp_path):
+    url = f"sqlite+aiosqlite:///{tmp_path}/history.db"
+    names = ("journal_mode", "synchronous", "wal_autocheckpoint", "cache_size")
+    found = []
+    for engine in (create_engine(url), create_engine(url, cache_mib=WRITER_CACHE_MIB)):
+        try:
+            async with engine.connect() as conn:
+                found.append([(await conn.exec_driver_sql(f"PRAGMA {name}")).scalar() for name in names])
+            # The connection given back last is the next one handed out (its cache is warm).
+            async with engine.connect() as outer:
+                async with engine.connect() as inner:
+                    other = (await inner.get_raw_connection()).driver_connection
+                last = (await outer.get_raw_connection()).driver_connection
+            async with engine.connect() as again:
+                assert (await again.get_raw_connection()).driver_connection is last is not other
+        finally:
+            await engine.dispose()
     # synchronous 1 = NORMAL: a commit is durable across a crash of the process; the streams
-    # still hold what the last commits before a power loss wrote.
-    assert settings == ["wal", 1, WAL_CHECKPOINT_PAGES] and WAL_CHECKPOINT_PAGES == 10_000
+    # still hold what the last commits before a power loss wrote. A negative cache_size is KiB.
+    assert found == [
+        ["wal", 1, WAL_CHECKPOINT_PAGES, -2000],
+        ["wal", 1, WAL_CHECKPOINT_PAGES, -WRITER_CACHE_MIB * 1024],
+    ]
+    assert (WAL_CHECKPOINT_PAGES, WRITER_CACHE_MIB) == (10_000, 64)

@@ -18,7 +18,7 @@ from cronbus.logs.projector import Pacing, Projector, feeds
 from cronbus.logs.retention import Retention, RetentionLimits
 from cronbus.logs.store import HistoryWriter
 from cronbus.shared.bus import Bus
-from cronbus.shared.history.store import create_engine, migrate
+from cronbus.shared.history.store import WRITER_CACHE_MIB, create_engine, migrate
 from cronbus.shared.runtime import brief, stopped_within, until_done
 from cronbus.shared.settings import Settings
 from cronbus.shared.tracing import setup_tracing
@@ -42,7 +42,7 @@ class LogsService:
 
     async def run(self, stopping: asyncio.Event) -> None:
         setup_tracing("logs", self.settings.instance_id)
-        engine = create_engine(self.settings.sql_url)
+        engine = create_engine(self.settings.sql_url, cache_mib=WRITER_CACHE_MIB)
         bus: Bus | None = None
         tasks: list[asyncio.Task[None]] = []
         try:

@@ -23,16 +23,27 @@ _MIGRATION_LOCK = 0x63726F6E
 
 # See create_engine.
 WAL_CHECKPOINT_PAGES = 10_000
+# The SQLite page cache of the history's writer: the indexes of ~200,000 runs. Smaller, most
+# index pages a batch updates are read back from the file first (at 2,000 runs a second with
+# SQLite's 2 MiB, about 14 reads per run; with this, 3).
+WRITER_CACHE_MIB = 64
 
 
 class DatabaseUnavailable(RuntimeError):
     """The history database cannot be reached or used; the message says which URL."""
 
 
-def create_engine(url: str) -> AsyncEngine:
-    """An async engine; SQLite gets WAL and a busy timeout so readers and the writer coexist."""
+def create_engine(url: str, *, cache_mib: int | None = None) -> AsyncEngine:
+    """An async engine; SQLite gets WAL and a busy timeout so readers and the writer coexist.
+
+    `cache_mib`: SQLite's page cache per connection, when not its default of 2 MiB (the logs
+    service's writer takes WRITER_CACHE_MIB).
+    """
     if url.startswith("sqlite"):
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        # A connection's page cache lasts from one transaction to the next unless another
+        # connection wrote in between; handing out the connection used last keeps the
+        # writer on one connection and its cache warm (a queue would rotate through all).
+        engine = create_async_engine(url, connect_args={"timeout": 30}, pool_use_lifo=True)
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -45,6 +56,8 @@ def create_engine(url: str) -> AsyncEngine:
             # by many commits is copied back once per checkpoint; about a fifth of the
             # projection's SQLite time at a live pace of small batches.
             cur.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
+            if cache_mib is not None:
+                cur.execute(f"PRAGMA cache_size=-{cache_mib * 1024}")
             cur.close()
 
         return engine
