@@ -3,9 +3,16 @@
 J jobs `@every 1s` (anchored at creation, so they spread over the second) call a local
 keep-alive receiver. After a warm-up, for a fixed window it counts the calls the receiver got
 and the runs the SQL history recorded as finished; the sustained rate is the smaller of the
-two (a run counts once it is called *and* in the history).
+two (a run counts once it is called *and* in the history), and the history's backlog (calls
+not yet recorded) at the start and end of the window shows whether it kept up.
 
-`./dev bench endtoend [--jobs J] [--seconds S]` (defaults 2,000 and 30).
+The default offers 1,800 runs a second, a little above the 1,700 target: a machine that
+sustains 1,700 shows it, one that does not falls short. Offered far more than two cores can
+carry (`--jobs 2000` here), `up` keeps the calls on time and the history, which runs at a lower
+priority, takes what is left and falls behind: the smaller rate then says how an overloaded
+machine shares its CPU, not what it sustains.
+
+`./dev bench endtoend [--jobs J] [--seconds S]` (defaults 1,800 and 30).
 """
 
 from __future__ import annotations
@@ -55,6 +62,7 @@ async def run(jobs: int, seconds: float) -> list[Figure]:
             cpu1 = cpu_by_part()
     called = (calls1 - calls0) / (t1 - t0)
     recorded = (rows1 - rows0) / (t1 - t0)
+    backlog0, backlog1 = calls0 - rows0, calls1 - rows1
     sustained = min(called, recorded)
     load = os.getloadavg()[0]
     note = f"{jobs} jobs @every 1s ({jobs}/s asked), {seconds:g} s window after {WARMUP:g} s; load {load:.1f}"
@@ -66,6 +74,8 @@ async def run(jobs: int, seconds: float) -> list[Figure]:
                sustained >= TARGET, note),
         Figure("  calls received/s", called, "runs/s", "-", None, ""),
         Figure("  runs recorded in SQL/s", recorded, "runs/s", "-", None, ""),
+        Figure("  history backlog at the window's end", backlog1, "runs", "-", None,
+               f"{backlog0} at its start (calls not yet recorded)"),
         Figure("  CPU per call, all parts", sum(cpu.values()), "us", "-", None, f"us per call: {cpu_note}"),
     ]  # fmt: skip
 
@@ -100,7 +110,7 @@ def _calls(receiver: Receiver) -> int:
 
 def options(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench endtoend")
-    parser.add_argument("--jobs", type=int, default=2000)
+    parser.add_argument("--jobs", type=int, default=1800)
     parser.add_argument("--seconds", type=float, default=30.0)
     return parser.parse_args(argv)
 
