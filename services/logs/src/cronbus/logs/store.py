@@ -14,6 +14,12 @@ executemany rounds with at most one row per key. Sorted, single-pass writes also
 DISPATCH and RUNS projectors, which write the same `runs` rows, take row locks in the same
 order and cannot deadlock on PostgreSQL.
 
+On SQLite, which has one writer at a time, the projectors' batches are group-committed:
+batches that arrive while a transaction is being written go together in the next one, with
+each consumer's position. A run whose run.dispatched (DISPATCH) and run.started/run.finished
+(RUNS) are in one group is one row written once, and the group is one commit. When a group
+fails, each batch in it is written alone, so one batch's bad data never fails another's.
+
 Output reaches `log_chunks` from two events: `log.chunk` (LOGS) and, for a short attempt,
 the parts `run.finished` (RUNS) carries inline. Both become the same insert-if-absent rows,
 and only the rows actually inserted add to `output_sizes`, so a redelivery adds nothing.
@@ -121,6 +127,8 @@ class HistoryWriter:
             output_sizes,
         )
         self._position_upsert = Prepared(self._position_statement(), dialect, projector_positions)
+        # Batches waiting for the next group commit (SQLite only; see the module's docstring).
+        self._waiting: list[_Batch] = []
 
     @contextlib.asynccontextmanager
     async def writing(self) -> AsyncIterator[AsyncConnection]:
@@ -158,22 +166,79 @@ class HistoryWriter:
         still advances past them; `rejected` are recorded in `rejected_events` in the same
         transaction. Returns how many events were applied (not skipped).
         """
-        async with self.writing() as conn:
-            done = await _position(conn, consumer)
-            fresh = [e.event for e in events if e.seq > done]
-            for event in fresh:
+        batch = _Batch(consumer, events, last_seq, rejected)
+        if self._turn is None:
+            async with self.writing() as conn:
+                [applied] = await self._apply(conn, [batch])
+            return applied
+        result = batch.result = asyncio.get_running_loop().create_future()
+        self._waiting.append(batch)
+        try:
+            async with self._turn:
+                if not result.done():
+                    # This batch leads a group: it and every batch that came while the last
+                    # transaction was written.
+                    group, self._waiting = self._waiting, []
+                    if batch not in group:
+                        group.append(batch)  # a leader that was cancelled had taken it
+                    try:
+                        await self._group_commit(group)
+                    finally:
+                        # Cancelled while writing: the next leader takes what is unsettled.
+                        self._waiting[:0] = [b for b in group if b is not batch and not _settled(b)]
+            return await result
+        except asyncio.CancelledError:
+            result.cancel()  # nobody waits for it any more: no group writes it
+            raise
+
+    async def _group_commit(self, group: list[_Batch]) -> None:
+        """Write `group` in one transaction; if that fails, each batch alone (its own error)."""
+        group = [b for b in group if not _settled(b)]
+        if len(group) > 1:
+            try:
+                async with self.engine.begin() as conn:
+                    applied = await self._apply(conn, group)
+            except Exception as exc:
+                log.debug("a group of %d batches failed (%s); writing them one by one", len(group), exc)
+            else:
+                for batch, count in zip(group, applied, strict=True):
+                    _settle(batch, count)
+                return
+        for batch in group:
+            try:
+                async with self.engine.begin() as conn:
+                    [count] = await self._apply(conn, [batch])
+            except Exception as exc:
+                _settle(batch, exc)
+            else:
+                _settle(batch, count)
+
+    async def _apply(self, conn: AsyncConnection, batches: Sequence[_Batch]) -> list[int]:
+        """Apply `batches` (of different consumers) in `conn`'s transaction; each one's count
+        of events applied."""
+        counts: list[int] = []
+        fresh: list[AnyEvent] = []
+        positions: list[tuple[_Batch, int]] = []
+        for batch in batches:
+            done = await _position(conn, batch.consumer)
+            events = [e.event for e in batch.events if e.seq > done]
+            for event in events:
                 # Job events do not commute: they are applied one by one, in stream order.
                 if isinstance(event, JobEvents):
                     await self._apply_job(conn, event)
-            await self._record_audit(conn, fresh)
-            rows = _run_rows(fresh)
-            for table, upsert in self._run_upserts:
-                for round_ in _rounds(rows[table.name]):
-                    await upsert.executemany(conn, round_)
-            await self._store_output(conn, rows[log_chunks.name])
-            await self._record_rejections(conn, consumer, [r for r in rejected if r.seq > done])
-            await self._save_position(conn, consumer, max(done, last_seq))
-        return len(fresh)
+            fresh.extend(events)
+            counts.append(len(events))
+            positions.append((batch, done))
+        await self._record_audit(conn, fresh)
+        rows = _run_rows(fresh)
+        for table, upsert in self._run_upserts:
+            for round_ in _rounds(rows[table.name]):
+                await upsert.executemany(conn, round_)
+        await self._store_output(conn, rows[log_chunks.name])
+        for batch, done in positions:
+            await self._record_rejections(conn, batch.consumer, [r for r in batch.rejected if r.seq > done])
+            await self._save_position(conn, batch.consumer, max(done, batch.last_seq))
+        return counts
 
     async def reject(self, consumer: str, rejection: Rejection) -> None:
         """Set one message aside: record it and move the position past it, atomically."""
@@ -323,6 +388,31 @@ class HistoryWriter:
         await self._position_upsert.executemany(
             conn, [{"consumer": consumer, "stream_seq": seq, "updated_at": utcnow()}]
         )
+
+
+@dataclass(slots=True)
+class _Batch:
+    """One `HistoryWriter.apply` call; on SQLite, its outcome once its group is written."""
+
+    consumer: str
+    events: Sequence[Sequenced]
+    last_seq: int
+    rejected: Sequence[Rejection]
+    result: asyncio.Future[int] | None = None
+
+
+def _settled(batch: _Batch) -> bool:
+    return batch.result is not None and batch.result.done()
+
+
+def _settle(batch: _Batch, outcome: int | BaseException) -> None:
+    future = batch.result
+    if future is None or future.done():
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
 
 
 class Prepared:
