@@ -14,10 +14,18 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cronbus.logs.poison import is_poison
 from cronbus.logs.store import HistoryWriter, Sequenced
-from cronbus.shared.events import LogChunk, RunDispatched, RunFinished, decode_run_event, run_id_for
-from cronbus.shared.history.schema import projector_positions, runs
+from cronbus.shared.events import (
+    JobPaused,
+    JobUpdated,
+    LogChunk,
+    RunDispatched,
+    RunFinished,
+    decode_run_event,
+    run_id_for,
+)
+from cronbus.shared.history.schema import jobs, projector_positions, runs
 from cronbus.shared.history.store import create_engine, migrate
-from tests.logs.harness import T0, job_created, rows, run_events
+from tests.logs.harness import T0, job_created, rows, run_events, spec
 
 
 async def _sqlite(tmp_path: Path) -> tuple[AsyncEngine, list[int]]:
@@ -82,3 +90,20 @@ async def test_a_batch_that_cannot_be_written_fails_alone_and_the_rest_of_its_gr
     assert positions == {"logs-jobs": 1, "logs-dispatch": 1}
     # The first alone, the group of two (rolled back), then its good batch alone.
     assert len(commits) == 2
+
+
+async def test_job_events_apply_in_stream_order_with_creations_together(tmp_path: Path):
+    """Consecutive job.created go in one statement; an update between them still lands after
+    the creation it follows, and a creation delivered again never rolls a job back."""
+    engine, _ = await _sqlite(tmp_path)
+    writer = HistoryWriter(engine)
+    renamed = JobUpdated(job_id="a", revision=2, spec=spec("renamed"), occurred_at=T0)
+    batch = [job_created("a"), job_created("b"), renamed, job_created("c"), JobPaused(job_id="b", revision=2)]
+    try:
+        await writer.apply("logs-jobs", [Sequenced(i, e) for i, e in enumerate(batch, start=1)], len(batch))
+        # Another consumer position, so the stale creation is not skipped by the position.
+        await writer.apply("logs-jobs-again", [Sequenced(1, job_created("a"))], 1)
+        found = {j["id"]: (j["name"], j["revision"], j["paused"]) for j in await rows(engine, jobs)}
+    finally:
+        await engine.dispose()
+    assert found == {"a": ("renamed", 2, False), "b": ("backup", 2, True), "c": ("backup", 1, False)}

@@ -127,6 +127,7 @@ class HistoryWriter:
             output_sizes,
         )
         self._position_upsert = Prepared(self._position_statement(), dialect, projector_positions)
+        self._jobs_create = Prepared(self._jobs_upsert(), dialect, jobs)
         # Batches waiting for the next group commit (SQLite only; see the module's docstring).
         self._waiting: list[_Batch] = []
 
@@ -222,10 +223,8 @@ class HistoryWriter:
         for batch in batches:
             done = await _position(conn, batch.consumer)
             events = [e.event for e in batch.events if e.seq > done]
-            for event in events:
-                # Job events do not commute: they are applied one by one, in stream order.
-                if isinstance(event, JobEvents):
-                    await self._apply_job(conn, event)
+            # Job events do not commute: they are applied in stream order.
+            await self._apply_jobs(conn, events)
             fresh.extend(events)
             counts.append(len(events))
             positions.append((batch, done))
@@ -280,27 +279,35 @@ class HistoryWriter:
 
     # --- jobs: one stream, applied in order; the revision guards against going backwards ---
 
+    async def _apply_jobs(self, conn: AsyncConnection, events: Iterable[AnyEvent]) -> None:
+        """The batch's job events, in stream order; consecutive creations are one statement
+        (a batch creating a thousand jobs is one round trip, not a thousand)."""
+        created: list[dict[str, Any]] = []
+        for event in events:
+            if isinstance(event, JobCreated):
+                created.append(_created_row(event))
+                continue
+            if not isinstance(event, JobEvents):
+                continue
+            if created:
+                await self._jobs_create.executemany(conn, created)
+                created = []
+            await self._apply_job(conn, event)
+        if created:
+            await self._jobs_create.executemany(conn, created)
+
+    def _jobs_upsert(self) -> Insert:
+        stmt = self.insert(jobs)
+        return stmt.on_conflict_do_update(
+            index_elements=["id"],
+            set_={c.key: stmt.excluded[c.key] for c in jobs.columns if c.key != "id"},
+            where=jobs.c.revision <= stmt.excluded.revision,
+        )
+
     async def _apply_job(self, conn: AsyncConnection, event: JobEvents) -> None:
         at = event.occurred_at
         if isinstance(event, JobCreated):
-            values = {
-                "id": event.job_id,
-                "name": event.spec.name,
-                "spec": msgspec.to_builtins(event.spec),
-                "revision": event.revision,
-                "paused": event.paused,
-                "deleted": False,
-                "created_at": at,
-                "updated_at": at,
-            }
-            stmt = self.insert(jobs).values(**values)
-            await conn.execute(
-                stmt.on_conflict_do_update(
-                    index_elements=["id"],
-                    set_={k: stmt.excluded[k] for k in values if k != "id"},
-                    where=jobs.c.revision <= stmt.excluded.revision,
-                )
-            )
+            await self._jobs_create.executemany(conn, [_created_row(event)])
             return
         changes: dict[str, Any] = {"revision": event.revision, "updated_at": at}
         match event:
@@ -572,6 +579,20 @@ def _audit_row(event: AnyEvent) -> dict[str, Any] | None:
         "job_id": event.job_id,
         "revision": event.revision,
         "detail": detail,
+    }
+
+
+def _created_row(event: JobCreated) -> dict[str, Any]:
+    """The `jobs` row of a job.created: the job as created, at its revision."""
+    return {
+        "id": event.job_id,
+        "name": event.spec.name,
+        "spec": msgspec.to_builtins(event.spec),
+        "revision": event.revision,
+        "paused": event.paused,
+        "deleted": False,
+        "created_at": event.occurred_at,
+        "updated_at": event.occurred_at,
     }
 
 
