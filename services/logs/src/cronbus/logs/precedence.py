@@ -103,7 +103,8 @@ def _runner_names(row: Row, new: Row) -> Row:
 # Attempt columns where a value beats NULL (SQL's coalesce(new, current)).
 _COALESCED: Final = tuple(n for n in ATTEMPT_COLUMNS if n not in ("runner", "output_bytes", "truncated"))
 _FRESH: Final = (*ATTEMPT_COLUMNS, STARTED_RUNNER, FINISHED_RUNNER)
-_FROM_DISPATCH: Final = ("job_id", "slot", *DISPATCH_COLUMNS)
+# `job_id` and `slot` are the same in every event of a run: the first row's stay.
+_FROM_DISPATCH: Final = DISPATCH_COLUMNS
 _FINISH_COLUMNS: Final = ("finished_at", "exit_code", "duration_ms", "error")
 
 

@@ -346,7 +346,10 @@ class HistoryWriter:
                 else_=runs.c.status,
             ),
         }
-        for name in ("job_id", "slot", *precedence.DISPATCH_COLUMNS):
+        # `job_id` and `slot` are never set again: every event of a run carries the same
+        # ones (the run id is derived from them), and a column left out of the SET spares
+        # SQLite rewriting the (job_id, slot) index entry on every update.
+        for name in precedence.DISPATCH_COLUMNS:
             set_[name] = case((dispatch, new[name]), else_=runs.c[name])
         for name in precedence.ATTEMPT_COLUMNS:
             current = runs.c[name]
