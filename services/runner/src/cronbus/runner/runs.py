@@ -443,11 +443,7 @@ class RunHandler:
         self, d: RunDispatched, attempt: int, *, runner: str | None = None, **fields: object
     ) -> RunFinished:
         return RunFinished(
-            event_id=event_id(),
-            run_id=d.run_id,
-            job_id=d.job_id,
-            slot=d.slot,
-            attempt=attempt,
+            **_attempt_ids(d, attempt),
             runner=runner or self.settings.instance_id,
             **fields,  # type: ignore[arg-type]
         )
@@ -604,16 +600,8 @@ class RunHandler:
         return publish
 
     def _started(self, d: RunDispatched, attempt: int) -> RunStarted:
-        return RunStarted(
-            event_id=event_id(),
-            run_id=d.run_id,
-            job_id=d.job_id,
-            slot=d.slot,
-            attempt=attempt,
-            runner=self.settings.instance_id,
-            host=self.host,
-            pid=self.pid,
-        )
+        runner = self.settings.instance_id
+        return RunStarted(**_attempt_ids(d, attempt), runner=runner, host=self.host, pid=self.pid)
 
     async def _execute(
         self, msg: Msg, d: RunDispatched, attempt: int, counted: int, control: RunControl, *, started: bool
@@ -687,6 +675,12 @@ class RunHandler:
             await msg.ack()
         else:
             await msg.nak(delay=result.retry_delay)
+
+
+def _attempt_ids(d: RunDispatched, attempt: int) -> dict[str, Any]:
+    """The fields every event of one attempt of the run `d` starts with (a new event id)."""
+    ids = {"run_id": d.run_id, "job_id": d.job_id, "slot": d.slot, "attempt": attempt}
+    return {"event_id": event_id(), **ids}
 
 
 async def _gather_within(futures: list[asyncio.Future[PubAck]], timeout: float) -> list[object]:
