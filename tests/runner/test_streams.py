@@ -5,8 +5,8 @@ from __future__ import annotations
 import nats.errors
 import pytest
 
-from cronbus.runner.streams import EXPECTED_LAST_SUBJECT_SEQ, WRONG_LAST_SEQUENCE, StreamClient, StreamError
-from cronbus.shared.bus import MSG_ID, Bus
+from cronbus.runner.streams import WRONG_LAST_SEQUENCE, StreamClient, StreamError
+from cronbus.shared.bus import EXPECTED_LAST_SUBJECT_SEQ, MSG_ID, Bus
 from cronbus.shared.settings import Settings
 
 

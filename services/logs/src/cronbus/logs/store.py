@@ -304,11 +304,10 @@ class HistoryWriter:
             where=jobs.c.revision <= stmt.excluded.revision,
         )
 
-    async def _apply_job(self, conn: AsyncConnection, event: JobEvents) -> None:
+    async def _apply_job(
+        self, conn: AsyncConnection, event: JobUpdated | JobDeleted | JobPaused | JobResumed
+    ) -> None:
         at = event.occurred_at
-        if isinstance(event, JobCreated):
-            await self._jobs_create.executemany(conn, [_created_row(event)])
-            return
         changes: dict[str, Any] = {"revision": event.revision, "updated_at": at}
         match event:
             case JobUpdated():

@@ -34,9 +34,9 @@ from cronbus.runner.executors import HttpClient, RunControl, execution_for
 from cronbus.runner.output import Chunk, Chunker, LiveOutput
 from cronbus.runner.overlap import Holder, RunningRecords
 from cronbus.runner.processes import Reaper
-from cronbus.runner.streams import EXPECTED_LAST_SUBJECT_SEQ, WRONG_LAST_SEQUENCE, StreamClient, StreamError
+from cronbus.runner.streams import WRONG_LAST_SEQUENCE, StreamClient, StreamError
 from cronbus.shared import metrics
-from cronbus.shared.bus import MSG_ID
+from cronbus.shared.bus import EXPECTED_LAST_SUBJECT_SEQ, MSG_ID
 from cronbus.shared.events import (
     Event,
     LogChunk,
@@ -679,8 +679,13 @@ class RunHandler:
 
 def _attempt_ids(d: RunDispatched, attempt: int) -> dict[str, Any]:
     """The fields every event of one attempt of the run `d` starts with (a new event id)."""
-    ids = {"run_id": d.run_id, "job_id": d.job_id, "slot": d.slot, "attempt": attempt}
-    return {"event_id": event_id(), **ids}
+    return {
+        "event_id": event_id(),
+        "run_id": d.run_id,
+        "job_id": d.job_id,
+        "slot": d.slot,
+        "attempt": attempt,
+    }
 
 
 async def _gather_within(futures: list[asyncio.Future[PubAck]], timeout: float) -> list[object]:

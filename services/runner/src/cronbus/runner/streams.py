@@ -1,10 +1,10 @@
 """JetStream publishes and reads whose replies all come back to one inbox of the runner's.
 
 A busy runner makes two JetStream requests per run (store `run.started`, store
-`run.finished`; a run with history also reads its last event). nats-py's `request` gives each its own timer
-(`asyncio.wait_for`), a random token and a JSON parse; here a reply inbox is numbered, the
-timeouts of the requests sent within one `TIMEOUT_TICK` share one timer, and the replies are
-decoded with msgspec.
+`run.finished`; a run with history also reads its last event). nats-py's `request` gives each
+its own timer (`asyncio.wait_for`), a random token and a JSON parse; here a reply inbox is
+numbered, the timeouts of the requests sent within one `TIMEOUT_TICK` share one timer, and the
+replies are decoded with msgspec.
 """
 
 from __future__ import annotations
@@ -55,9 +55,6 @@ _msg_get = msgspec.json.Decoder(_MsgGetReply)
 _last_by_subject = msgspec.json.Encoder()
 # `no message found`, the answer to reading a subject with no messages.
 _NO_MESSAGE = 10037
-# The header that stores a message only if its subject's last one is at this sequence ("0":
-# only as the subject's first message).
-EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 # `wrong last sequence`: a publish's `Nats-Expected-Last-Subject-Sequence` did not hold.
 WRONG_LAST_SEQUENCE = 10071
 
