@@ -16,10 +16,19 @@ from cronbus.logs.store import HistoryWriter, Sequenced
 from cronbus.shared.bus import Bus
 from cronbus.shared.cli import main
 from cronbus.shared.events import Event, JobUpdated, LogChunk, RunStarted, run_id_for
-from cronbus.shared.history.schema import jobs, projector_positions, run_attempts, runs
+from cronbus.shared.history.schema import jobs, run_attempts, runs
 from cronbus.shared.settings import Settings
-from tests.logs.harness import T0, job_created, publish, rows, run_events, running_logs, snapshot, spec
-from tests.support import wait_for
+from tests.logs.harness import (
+    T0,
+    job_created,
+    publish,
+    rows,
+    run_events,
+    running_logs,
+    snapshot,
+    spec,
+    wait_positions,
+)
 
 
 def _history() -> list[Event]:
@@ -40,12 +49,8 @@ async def _projected(history_settings: Settings, bus: Bus, history: AsyncEngine)
         "logs-dispatch": (await bus.js.stream_info(n.dispatch_stream)).state.last_seq,
     }
 
-    async def at_end() -> bool:
-        found = {p["consumer"]: p["stream_seq"] for p in await rows(history, projector_positions)}
-        return all(found.get(c, 0) >= seq for c, seq in want.items())
-
     async with running_logs(history_settings):
-        await wait_for(at_end, timeout=20, what="projectors at the streams' ends")
+        await wait_positions(history, want, timeout=20)
 
 
 def _cli(settings: Settings, *extra: str) -> list[str]:

@@ -17,7 +17,17 @@ from cronbus.shared.events import Event
 from cronbus.shared.history.schema import jobs, log_chunks, projector_positions, run_attempts, runs
 from cronbus.shared.natsd import EmbeddedNats
 from cronbus.shared.settings import Settings
-from tests.logs.harness import T0, job_created, publish, rows, run_events, running_logs, snapshot, wait_rows
+from tests.logs.harness import (
+    T0,
+    job_created,
+    positions,
+    publish,
+    rows,
+    run_events,
+    running_logs,
+    snapshot,
+    wait_rows,
+)
 from tests.support import wait_for
 
 
@@ -137,7 +147,7 @@ async def _with_job(history: AsyncEngine, job_id: str) -> bool:
 
 
 async def _positions(history: AsyncEngine, *consumers: str) -> dict[str, int] | None:
-    found = {p["consumer"]: p["stream_seq"] for p in await rows(history, projector_positions)}
+    found = await positions(history)
     return found if all(c in found for c in consumers) else None
 
 

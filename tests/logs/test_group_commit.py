@@ -23,9 +23,9 @@ from cronbus.shared.events import (
     decode_run_event,
     run_id_for,
 )
-from cronbus.shared.history.schema import jobs, projector_positions, runs
+from cronbus.shared.history.schema import jobs, runs
 from cronbus.shared.history.store import create_engine, migrate
-from tests.logs.harness import T0, job_created, rows, run_events, spec
+from tests.logs.harness import T0, job_created, positions, rows, run_events, spec
 
 
 async def _sqlite(tmp_path: Path) -> tuple[AsyncEngine, list[int]]:
@@ -49,7 +49,7 @@ async def test_batches_waiting_together_are_one_transaction_and_a_run_is_one_row
             writer.apply("logs-runs", [Sequenced(1, started), Sequenced(2, finished)], 2),
         )
         [run] = await rows(engine, runs)
-        positions = {p["consumer"]: p["stream_seq"] for p in await rows(engine, projector_positions)}
+        stored = await positions(engine)
     finally:
         await engine.dispose()
     assert applied == [1, 1, 2]
@@ -58,7 +58,7 @@ async def test_batches_waiting_together_are_one_transaction_and_a_run_is_one_row
         run_id_for("job-g", T0), "succeeded", "default", "runner-1",
     )  # fmt: skip
     assert run["dispatched_at"] is not None and run["finished_at"] is not None
-    assert positions == {"logs-jobs": 1, "logs-dispatch": 1, "logs-runs": 2}
+    assert stored == {"logs-jobs": 1, "logs-dispatch": 1, "logs-runs": 2}
 
 
 async def test_a_batch_that_cannot_be_written_fails_alone_and_the_rest_of_its_group_is_written(
@@ -80,14 +80,14 @@ async def test_a_batch_that_cannot_be_written_fails_alone_and_the_rest_of_its_gr
             return_exceptions=True,
         )
         found = {r["id"]: r for r in await rows(engine, runs)}
-        positions = {p["consumer"]: p["stream_seq"] for p in await rows(engine, projector_positions)}
+        stored = await positions(engine)
     finally:
         await engine.dispose()
     assert outcomes[0] == 1 and outcomes[2] == 1
     assert isinstance(outcomes[1], Exception) and is_poison(outcomes[1])
     assert isinstance(good[0], RunDispatched)
     assert list(found) == [good[0].run_id] and found[good[0].run_id]["status"] == "dispatched"
-    assert positions == {"logs-jobs": 1, "logs-dispatch": 1}
+    assert stored == {"logs-jobs": 1, "logs-dispatch": 1}
     # The first alone, the group of two (rolled back), then its good batch alone.
     assert len(commits) == 2
 

@@ -13,9 +13,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cronbus.shared.bus import Bus
-from cronbus.shared.history.schema import log_chunks, projector_positions, run_attempts, runs
+from cronbus.shared.history.schema import log_chunks, run_attempts, runs
 from cronbus.shared.settings import Settings
-from tests.logs.harness import T0, publish, rows, run_events, running_logs, wait_rows
+from tests.logs.harness import T0, positions, publish, rows, run_events, running_logs, wait_rows
 from tests.support import wait_for
 
 
@@ -24,10 +24,6 @@ def _failures(caplog: pytest.LogCaptureFixture, consumer: str) -> Callable[[], i
         return sum(1 for r in caplog.records if r.getMessage().startswith(f"{consumer}: cannot write"))
 
     return count
-
-
-async def _positions(history: AsyncEngine) -> dict[str, int]:
-    return {p["consumer"]: p["stream_seq"] for p in await rows(history, projector_positions)}
 
 
 async def test_failing_writes_are_retried_until_they_succeed(
@@ -41,7 +37,7 @@ async def test_failing_writes_are_retried_until_they_succeed(
         await publish(bus, history_settings, *first)
         await wait_rows(history, log_chunks, 1)
         await wait_for(lambda: _succeeded(history, 1), timeout=15, what="first run")
-        before = await _positions(history)
+        before = await positions(history)
 
         async with history.begin() as conn:
             await conn.execute(text("ALTER TABLE runs RENAME TO runs_away"))
@@ -50,7 +46,7 @@ async def test_failing_writes_are_retried_until_they_succeed(
         await wait_rows(history, log_chunks, 11)
         await wait_for(_failures(caplog, "logs-runs"), timeout=15, what="a failed write of RUNS")
         await wait_for(_failures(caplog, "logs-dispatch"), timeout=15, what="a failed write of DISPATCH")
-        stuck = await _positions(history)
+        stuck = await positions(history)
         assert stuck["logs-runs"] == before["logs-runs"]
         assert stuck["logs-dispatch"] == before["logs-dispatch"]
         async with history.begin() as conn:
@@ -61,7 +57,7 @@ async def test_failing_writes_are_retried_until_they_succeed(
         await wait_for(lambda: _succeeded(history, 6), timeout=20, what="every run after recovery")
         attempts = await wait_rows(history, run_attempts, 11)
     assert sorted(a["status"] for a in attempts) == ["failed"] * 5 + ["succeeded"] * 6
-    assert (await _positions(history))["logs-runs"] == 2 + 5 * 4
+    assert (await positions(history))["logs-runs"] == 2 + 5 * 4
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)

@@ -26,7 +26,7 @@ from cronbus.shared.events import (
 )
 from cronbus.shared.history.schema import jobs, projector_positions, rejected_events, runs
 from cronbus.shared.settings import Settings
-from tests.logs.harness import T0, job_created, publish, rows, run_events, running_logs, spec
+from tests.logs.harness import T0, job_created, positions, publish, rows, run_events, running_logs, spec
 from tests.support import wait_for
 
 
@@ -185,7 +185,7 @@ def test_poison_is_told_apart_from_trouble_that_passes(exc: BaseException, poiso
 
 
 async def _positions_at(history: AsyncEngine, want: dict[str, int]) -> dict[str, int] | None:
-    found = {p["consumer"]: p["stream_seq"] for p in await rows(history, projector_positions)}
+    found = await positions(history)
     got = {c: found.get(c, 0) for c in want}
     return got if got == want else None
 

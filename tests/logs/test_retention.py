@@ -23,9 +23,9 @@ from cronbus.shared.events import (
     run_id_for,
 )
 from cronbus.shared.events import Retention as JobRetention
-from cronbus.shared.history.schema import log_chunks, output_sizes, projector_positions, run_attempts, runs
+from cronbus.shared.history.schema import log_chunks, output_sizes, run_attempts, runs
 from cronbus.shared.settings import Settings
-from tests.logs.harness import T0, publish, rows, run_events, running_logs, spec
+from tests.logs.harness import T0, positions, publish, rows, run_events, running_logs, spec
 from tests.support import wait_for
 
 
@@ -316,9 +316,9 @@ async def test_the_service_applies_a_jobs_byte_budget_and_the_total(
         last_chunk = max(seq for seq, e in zip(seqs, events, strict=True) if isinstance(e, LogChunk))
 
         async def trimmed() -> dict[str, int] | None:
-            positions = {p["consumer"]: p["stream_seq"] for p in await rows(history, projector_positions)}
+            stored = await positions(history)
             found = await rows(history, runs)
-            if positions.get("logs-logs", 0) < last_chunk or len(found) != 10:
+            if stored.get("logs-logs", 0) < last_chunk or len(found) != 10:
                 return None
             if not all(r["status"] == "succeeded" for r in found):
                 return None
