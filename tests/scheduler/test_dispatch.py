@@ -156,6 +156,20 @@ async def test_an_ended_term_stops_retrying() -> None:
     assert len(js.attempts) == tried
 
 
+async def test_a_retry_ended_before_it_ever_ran_gives_its_slot_up() -> None:
+    """The term ends right after a failed publish, before its retry's task first runs."""
+    dispatcher, js, table = _setup(["fail"] * 100)
+    await dispatcher.submit(Due("a", to_ms(SLOT), SLOT.timestamp()), table.jobs["a"])
+    assert len(js.attempts) == 1 and dispatcher.in_flight == 1
+    # The failure is reported by a callback already queued; ending the term is queued behind
+    # it, and so comes before the first step of the retry task the failure creates.
+    asyncio.get_running_loop().call_soon(dispatcher.end_term)
+    await dispatcher.drain(1.0)
+    assert dispatcher.in_flight == 0
+    assert dispatcher.abandoned == 1
+    assert len(js.attempts) == 1
+
+
 # --- the encoded event and the publisher --------------------------------------------------------
 
 

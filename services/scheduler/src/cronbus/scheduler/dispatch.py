@@ -513,15 +513,18 @@ class Dispatcher:
             return
         task = asyncio.get_running_loop().create_task(self._retry(due, job, attempt + 1, headers))
         self._retries.add(task)
-        task.add_done_callback(self._retries.discard)
+        task.add_done_callback(lambda done: self._retry_done(done, due))
 
     async def _retry(self, due: Due, job: Job, attempt: int, headers: bytes) -> None:
-        try:
-            await asyncio.sleep(min(1.0, 0.1 * attempt))
-            await self._send_many([(due, job, attempt, headers, None)])
-        except asyncio.CancelledError:
+        await asyncio.sleep(min(1.0, 0.1 * attempt))
+        await self._send_many([(due, job, attempt, headers, None)])
+
+    def _retry_done(self, task: asyncio.Task[None], due: Due) -> None:
+        """A retry cancelled by the end of the term gives its slot up. Done here, not in the
+        retry itself: a task cancelled before it first ran never runs its own code."""
+        self._retries.discard(task)
+        if task.cancelled():
             self._finish(due, abandoned=True)
-            raise
 
     def end_term(self, why: str = "stepped down") -> None:
         """This term of primacy is over: publish nothing more, even if the lease outlives it
