@@ -94,7 +94,8 @@ async def test_slots_due_back_to_back_go_out_together_and_never_early(
     settings: Settings, bus: Bus, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Twenty jobs due a millisecond apart: the leader wakes at most once per quantum for them
-    (one write, one batch for the runners) instead of twenty times, and no slot goes early."""
+    (one write, one batch for the runners) instead of twenty times, and no slot goes early;
+    jobs created meanwhile (each wakes the leader) do not make it dispatch sooner."""
     names = settings.names
     async with running(settings) as service:
         await wait_for(lambda: service.leading.is_set(), what="leadership")
@@ -113,7 +114,17 @@ async def test_slots_due_back_to_back_go_out_together_and_never_early(
         for i, job_id in enumerate(ids):
             anchor = base + timedelta(milliseconds=i)
             await create_job(bus.js, names, job_id, spec("@every 10s", anchor=anchor))
+
+        async def changes_meanwhile() -> None:
+            start = base - timedelta(milliseconds=5)
+            await wait_for(lambda: datetime.now(UTC) >= start, interval=0.001, what="the window")
+            later = spec("@every 1h", anchor=base + timedelta(hours=1))
+            for i in range(40):
+                await create_job(bus.js, names, f"c{i:02d}", later)
+
+        changes = asyncio.create_task(changes_meanwhile())
         found = await wait_for(lambda: _each_once(bus, ids), timeout=15, what="a dispatch of each job")
+        await changes
     assert all(d.event.dispatched_at >= d.event.slot for d in found)
     gaps = [b - a for a, b in itertools.pairwise(wakeups)]
     assert len(wakeups) <= 20e-3 / DISPATCH_QUANTUM + 2, wakeups

@@ -251,6 +251,8 @@ class Leadership:
         self._wake.set()
 
     async def dispatch_loop(self, stopping: asyncio.Event) -> None:
+        # The end of the quantum that began when slots last went out (see DISPATCH_QUANTUM).
+        quantum_ends = 0.0
         while not stopping.is_set():
             if not self.leading.is_set():
                 with contextlib.suppress(TimeoutError):
@@ -260,11 +262,16 @@ class Leadership:
             dispatcher = self.dispatcher
             assert dispatcher is not None
             now = time.time()
+            if now < quantum_ends:
+                # Woken early (a job changed): what came due meanwhile still waits the quantum out.
+                await asyncio.sleep(quantum_ends - now)
+                now = time.time()
             # Popped a few batches at a time, so the first slots of a burst go out while the
             # rest are still on the heap.
             dispatched = False
             while due_now := self.timetable.pop_due(now, limit=POP_EVERY):
                 dispatched = True
+                quantum_ends = now + DISPATCH_QUANTUM
                 batch = []
                 for due in due_now:
                     # The state that decided the slot: a slot owed by a definition that was
@@ -290,7 +297,7 @@ class Leadership:
                 self.processed_until = now if nxt is None or nxt > now else min(now, nxt - 0.001)
             delay = 0.5 if nxt is None else max(0.0, min(0.5, nxt - time.time()))
             if dispatched:
-                delay = max(delay, now + DISPATCH_QUANTUM - time.time())
+                delay = max(delay, quantum_ends - time.time())
             if nxt is not None and delay >= PREPARE_MIN_WAIT and not dispatcher.ended:
                 delay = await self._prepare(dispatcher, nxt, delay)
             if delay > 0:
