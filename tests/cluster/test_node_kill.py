@@ -23,6 +23,7 @@ from itertools import pairwise
 from pathlib import Path
 
 import asyncpg
+import nats.errors
 import pytest
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -43,7 +44,7 @@ from cronbus.shared.events import (
 from cronbus.shared.history.schema import runs
 from cronbus.shared.history.store import create_engine
 from cronbus.shared.names import Names
-from cronbus.shared.settings import async_database_url, build_settings
+from cronbus.shared.settings import Settings, async_database_url, build_settings
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -72,6 +73,14 @@ def cluster_database(request: pytest.FixtureRequest) -> str:
     if not asyncio.run(reachable()) and not os.environ.get("CI"):
         pytest.skip(f"PostgreSQL at {admin} is not reachable: {reason[0]}")
     return str(request.getfixturevalue("postgres_url"))
+
+
+async def opened(settings: Settings) -> Bus:
+    """The test's own bus, its streams created: asked again while the new cluster's JetStream
+    API still answers 503 (the services do the same through `Bus.open_when_ready`)."""
+    bus = await asyncio.wait_for(Bus.open_when_ready(settings, "test", asyncio.Event()), timeout=60)
+    assert bus is not None
+    return bus
 
 
 class Services:
@@ -153,7 +162,7 @@ async def test_every_slot_once_and_history_equal_to_streams_across_node_kills(
             lease_ttl=2.0,
         )
         names = settings.names
-        bus = await Bus.open(settings, "test")
+        bus = await opened(settings)
         replicas = Replicas(cluster.urls, prefix, tmp_path, env=env)
         services = Services(cluster.urls, prefix, tmp_path, env)
         try:
@@ -279,14 +288,22 @@ async def test_every_slot_once_and_history_equal_to_streams_across_node_kills(
             # RUNS; DISPATCH is projected on its own and may still be catching up).
             reports = []
 
+            unavailable: list[Exception] = []
+
             async def consistent() -> bool:
-                reports.append(await compare(cluster.urls, cluster_database, prefix))
+                try:
+                    reports.append(await compare(cluster.urls, cluster_database, prefix))
+                except nats.errors.Error as exc:  # a JetStream request no node answered in time
+                    unavailable.append(exc)
+                    return False
                 return reports[-1].ok
 
             try:
                 await wait_for(consistent, timeout=60, interval=1.0, what="cronbus check: no difference")
             except AssertionError:
-                raise AssertionError(reports[-1].table() if reports else "cronbus check never ran") from None
+                raise AssertionError(
+                    reports[-1].table() if reports else f"cronbus check never ran: {unavailable[-1]!r}"
+                ) from None
         finally:
             replicas.kill_all()
             services.kill_all()

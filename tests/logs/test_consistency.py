@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from datetime import timedelta
 
 import pytest
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import ServiceUnavailableError
 from sqlalchemy import delete, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -29,6 +32,7 @@ from tests.logs.harness import (
     spec,
     wait_positions,
 )
+from tests.support import wait_for
 
 
 def _history() -> list[Event]:
@@ -200,3 +204,32 @@ async def test_the_check_does_not_share_a_wrong_precedence_rule_with_the_project
     assert report.ok, report.table()
     [row] = await rows(history, runs)
     assert (row["status"], row["attempt"], row["exit_code"]) == ("succeeded", 1, 0)
+
+
+async def test_a_fetch_rides_out_a_consumer_no_server_answers_for_yet(
+    history_settings: Settings, bus: Bus, caplog: pytest.LogCaptureFixture
+):
+    """In a cluster the check's consumer, just created or moving off a dead node, is briefly
+    served by no one: a fetch gets 503 (no responders). The check asks again instead of
+    failing; here the consumer is made to appear only after the first 503 was seen."""
+    n = history_settings.names
+    await bus.js.publish(n.job_subject("j"), b"{}", stream=n.jobs_stream)
+    name = "check-later"
+    sub = await bus.js.pull_subscribe_bind(durable=name, stream=n.jobs_stream)
+    caplog.set_level(logging.DEBUG, logger=consistency.__name__)
+    fetching = asyncio.create_task(consistency.fetch_when_served(sub, 10, timeout=5.0, consumer=name))
+    try:
+        await wait_for(lambda: "no server answers for consumer check-later" in caplog.text, what="a 503")
+        config = ConsumerConfig(name=name, ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.ALL)
+        await bus.js.add_consumer(n.jobs_stream, config)
+        msgs = await asyncio.wait_for(fetching, timeout=10)
+    finally:
+        fetching.cancel()
+    assert [m.subject for m in msgs] == [n.job_subject("j")]
+
+
+async def test_a_fetch_nobody_ever_serves_gives_up_after_its_patience(history_settings: Settings, bus: Bus):
+    n = history_settings.names
+    sub = await bus.js.pull_subscribe_bind(durable="never-made", stream=n.jobs_stream)
+    with pytest.raises(ServiceUnavailableError):
+        await consistency.fetch_when_served(sub, 10, timeout=1.0, consumer="never-made", patience=0.5)

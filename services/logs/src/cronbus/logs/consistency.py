@@ -31,6 +31,7 @@ import asyncio
 import logging
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -40,9 +41,10 @@ from typing import Any
 import msgspec
 import nats
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import NotFoundError
+from nats.js.errors import NotFoundError, ServiceUnavailableError
 from sqlalchemy import Table, delete, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -60,6 +62,9 @@ log = logging.getLogger(__name__)
 
 # Messages per fetch from a stream, and rows per page compared (and repaired) at once.
 BATCH = 512
+# How long a fetch may find no one serving the check's consumer (503, no responders) before
+# the check gives up: a consumer just created, or one whose node is restarting, is briefly so.
+UNAVAILABLE_PATIENCE = 30.0
 PAGE = 500
 # Differences listed in a report; all of them are counted (and repaired).
 LISTED = 200
@@ -492,7 +497,7 @@ async def _read(js: JetStreamContext, feed: Feed, last: int) -> AsyncIterator[li
         seen = 0
         while seen < last:
             try:
-                msgs = await sub.fetch(BATCH, timeout=5.0)
+                msgs = await fetch_when_served(sub, BATCH, timeout=5.0, consumer=name)
             except TimeoutError:
                 # Nothing more to deliver: the rest expired or was deleted meanwhile.
                 info = await js.consumer_info(feed.stream, name)
@@ -515,6 +520,29 @@ async def _read(js: JetStreamContext, feed: Feed, last: int) -> AsyncIterator[li
             await js.delete_consumer(feed.stream, name)
         except Exception as exc:
             log.debug("removing the check's consumer %s failed (it expires by itself): %s", name, exc)
+
+
+async def fetch_when_served(
+    sub: JetStreamContext.PullSubscription,
+    batch: int,
+    timeout: float,
+    *,
+    consumer: str,
+    patience: float = UNAVAILABLE_PATIENCE,
+) -> list[Msg]:
+    """`sub.fetch`, asked again while no server answers for the consumer (503): in a cluster
+    a consumer created a moment ago may not be known yet on the server the check is connected
+    to, and one whose node restarts is unserved until a replica takes over. Gives up (raises)
+    after `patience` seconds of nothing but 503s."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            return await sub.fetch(batch, timeout=timeout)
+        except ServiceUnavailableError:
+            if time.monotonic() >= deadline:
+                raise
+            log.debug("no server answers for consumer %s yet; asking again", consumer)
+            await asyncio.sleep(0.2)
 
 
 def check_main(args: argparse.Namespace, settings: Settings) -> int:
