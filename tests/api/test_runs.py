@@ -183,12 +183,16 @@ async def test_status_reads_the_scheduler_and_runner_buckets(lite_api: Api) -> N
         version="0.1.0",
         started_at=now,
         updated_at=now,
+        slots=3,
+        http_slots=5,
     )
     await runners.put("runner-1", encode_status(presence))
     status = (await api.client.get("/v1/status", headers=api.auth())).json()
     assert status["scheduler"]["leader"] == "sched-a"
     assert status["scheduler"]["jobs"] == 2
     assert [r["id"] for r in status["runners"]] == ["runner-1"]
+    [runner] = status["runners"]
+    assert (runner["running"], runner["capacity"], runner["slots"], runner["http_slots"]) == (1, 8, 3, 5)
 
     # Events the logs service set aside are counted (see tests/logs/test_poison.py).
     async with api.engine.begin() as conn:

@@ -194,6 +194,14 @@ async def test_every_page_renders_without_errors_at_desktop_and_phone_width(
                 await expect(page.locator(f"tr[data-job='{job['id']}']")).to_be_visible()
             if name == "cluster":
                 await expect(page.locator("#leader")).not_to_be_empty()
+                # A runner's load counts against all it may run, HTTP slots included.
+                with stack.client() as client:
+                    [runner] = client.get("/v1/status").json()["runners"]
+                load = page.locator("td", has=page.get_by_label(f"load of {runner['id']}"))
+                await expect(load).to_contain_text(f"/{runner['slots'] + runner['http_slots']}")
+                await expect(load).to_have_attribute(
+                    "title", f"{runner['slots']} slots + {runner['http_slots']} for HTTP runs"
+                )
             if name == "run-page":
                 await expect(page.locator("#log")).to_contain_text("backing up", timeout=20_000)
             if name == "job-editor":

@@ -225,10 +225,12 @@ async def test_presence_is_kept_while_running_and_withdrawn_on_stop(settings: Se
     bus = await Bus.open(settings, "test")
     try:
         kv = await bus.js.key_value(settings.names.runners_bucket)
-        async with running(replace(settings, concurrency=3), instance_id="present"):
+        async with running(replace(settings, concurrency=3, http_concurrency=20), instance_id="present"):
             entry = await kv.get("present")
             presence = decode_runner_presence(entry.value or b"")
-            assert (presence.id, presence.pools, presence.capacity) == ("present", ["default"], 3)
+            assert (presence.id, presence.pools) == ("present", ["default"])
+            # What it may run at once: its slots and, for HTTP runs, its HTTP slots.
+            assert (presence.capacity, presence.slots, presence.http_slots) == (23, 3, 20)
             first_update = presence.updated_at
             await wait_for(lambda: _updated_after(kv, first_update), timeout=5, what="presence refreshed")
         assert "present" not in await _keys(kv)

@@ -29,10 +29,14 @@ class RunnerPresence(msgspec.Struct, kw_only=True):
     pid: int
     pools: list[str]
     running: int
+    # Runs it may execute at once: its slots plus its HTTP slots (HTTP runs beyond those
+    # take slots). The two parts follow; a presence from a runner before them has 0 for both.
     capacity: int
     version: str
     started_at: datetime
     updated_at: datetime
+    slots: int = 0
+    http_slots: int = 0
 
 
 _encoder = msgspec.json.Encoder()

@@ -125,6 +125,8 @@ class Runs:
                     version=r.version,
                     started_at=r.started_at,
                     updated_at=r.updated_at,
+                    slots=r.slots,
+                    http_slots=r.http_slots,
                 )
                 for r in runners
             ],

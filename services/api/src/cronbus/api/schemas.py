@@ -384,10 +384,13 @@ class RunnerOut(msgspec.Struct, kw_only=True):
     pid: int
     pools: list[str]
     running: int
+    # Runs it may execute at once: `slots` (any run) plus `http_slots` (HTTP runs only).
     capacity: int
     version: str
     started_at: datetime
     updated_at: datetime
+    slots: int
+    http_slots: int
 
 
 class HistoryOut(msgspec.Struct, kw_only=True):

@@ -51,10 +51,12 @@ class Presence:
             pid=os.getpid(),
             pools=list(self.settings.pools),
             running=self._running(),
-            capacity=self.settings.concurrency,
+            capacity=self.settings.concurrency + self.settings.http_concurrency,
             version=self.version,
             started_at=self.started_at,
             updated_at=utcnow(),
+            slots=self.settings.concurrency,
+            http_slots=self.settings.http_concurrency,
         )
 
     async def publish(self) -> None:

@@ -36,7 +36,8 @@ export async function clusterPage(ctx) {
         h("thead", {}, h("tr", {}, ["Runner", "Host", "Pools", "Load", "Version", "Started", "Last seen"].map((t) => h("th", { scope: "col", text: t })))),
         h("tbody", {}, status.runners.length ? status.runners.map((r) => h("tr", {},
           h("td", { text: r.id }), h("td", { text: `${r.host} (pid ${r.pid})` }), h("td", { text: r.pools.join(", ") }),
-          h("td", {}, h("meter", { min: 0, max: r.capacity || 1, value: r.running, "aria-label": `load of ${r.id}` }), ` ${r.running}/${r.capacity}`),
+          h("td", { title: r.http_slots ? `${r.slots} slots + ${r.http_slots} for HTTP runs` : "" },
+            h("meter", { min: 0, max: r.capacity || 1, value: r.running, "aria-label": `load of ${r.id}` }), ` ${r.running}/${r.capacity}`),
           h("td", { text: r.version }), h("td", { text: ago(r.started_at) }), h("td", { text: ago(r.updated_at) })))
           : h("tr", {}, h("td", { colspan: 7, class: "warn", text: "No runner is alive: nothing will run." }))))));
     updated.textContent = `updated ${new Date().toLocaleTimeString()}`;
