@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections.abc import Iterator
@@ -360,5 +361,59 @@ async def test_a_stopping_runner_hands_back_an_http_call_under_way(settings: Set
         assert await output_of(bus.js, settings, d.run_id, attempt=2) == (
             f"HTTP 200 OK from GET {server.url}/hang\n".encode() + b"late"
         )
+    finally:
+        await bus.close()
+
+
+class _KeepAlive(asyncio.Protocol):
+    """An HTTP/1.1 server connection that answers every request 200 "ok" and stays open."""
+
+    def __init__(self, open_: list[asyncio.Transport]) -> None:
+        self.open = open_
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.open.append(transport)
+
+    def data_received(self, data: bytes) -> None:
+        for _ in range(data.count(b"\r\n\r\n")):
+            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+
+async def test_a_callback_that_starts_refusing_fails_only_its_own_runs(
+    settings: Settings, server: LocalServer
+):
+    """A job's callback server dies between two runs: the runner's kept-alive connection to it
+    is reset and its port refuses new ones. That job's run fails, truthfully, after every
+    attempt its policy gives it; a run to a healthy server next to it succeeds."""
+    connections: list[asyncio.Transport] = []
+    dying = await asyncio.get_running_loop().create_server(lambda: _KeepAlive(connections), "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{dying.sockets[0].getsockname()[1]}/hook"
+    bus = await Bus.open(settings, "test")
+    try:
+        async with running(settings):
+            before = await dispatch(bus.js, settings, HttpExecutor(url=url))
+            assert (await final_outcome(bus.js, settings, before.run_id)).status == "succeeded"
+            assert connections, "the runner kept no connection open"
+            dying.close()
+            for transport in connections:
+                transport.abort()
+            dead = await dispatch(
+                bus.js, settings, HttpExecutor(url=url), retries=Retries(max_attempts=2, backoff=0.1)
+            )
+            fine = await dispatch(bus.js, settings, HttpExecutor(url=f"{server.url}/ok"))
+
+            result = await final_outcome(bus.js, settings, dead.run_id)
+            assert (result.status, result.attempt, result.exit_code) == ("failed", 2, None)
+            events = await run_events(bus.js, settings, dead.run_id)
+            attempts = [e for e in events if isinstance(e, RunFinished)]
+            assert [(e.attempt, e.status, e.final) for e in attempts] == [
+                (1, "failed", False),
+                (2, "failed", True),
+            ]
+            assert attempts[0].retry_at is not None
+            assert all((e.error or "").startswith(f"could not connect to {url}: ") for e in attempts)
+            assert (await final_outcome(bus.js, settings, fine.run_id)).status == "succeeded"
     finally:
         await bus.close()
