@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -144,7 +145,9 @@ def test_compose_volumes_are_named_and_declared() -> None:
 
 
 def test_compose_schema() -> None:
-    tool = shutil.which("check-jsonschema")
+    # A dev dependency: next to this interpreter, whether or not its bin directory is on PATH.
+    beside = Path(sys.executable).parent / "check-jsonschema"
+    tool = str(beside) if beside.exists() else shutil.which("check-jsonschema")
     if tool is None:
         pytest.skip(
             "check-jsonschema is not installed (pip install check-jsonschema): compose schema not checked"
