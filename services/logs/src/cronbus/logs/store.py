@@ -399,9 +399,10 @@ class HistoryWriter:
         )
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Batch:
-    """One `HistoryWriter.apply` call; on SQLite, its outcome once its group is written."""
+    """One `HistoryWriter.apply` call; on SQLite, its outcome once its group is written.
+    Compared by identity: `batch in group` must not compare whole event lists."""
 
     consumer: str
     events: Sequence[Sequenced]
