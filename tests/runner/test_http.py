@@ -15,6 +15,7 @@ from cronbus.runner import executors
 from cronbus.shared.bus import Bus
 from cronbus.shared.events import HttpExecutor, Retries, RunFinished, RunStarted, ShellExecutor
 from cronbus.shared.settings import Settings
+from tests.bench.seed import Receiver
 from tests.runner.support import dispatch, final_outcome, output_of, run_events, running
 from tests.support import wait_for
 
@@ -365,40 +366,23 @@ async def test_a_stopping_runner_hands_back_an_http_call_under_way(settings: Set
         await bus.close()
 
 
-class _KeepAlive(asyncio.Protocol):
-    """An HTTP/1.1 server connection that answers every request 200 "ok" and stays open."""
-
-    def __init__(self, open_: list[asyncio.Transport]) -> None:
-        self.open = open_
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        self.open.append(transport)
-
-    def data_received(self, data: bytes) -> None:
-        for _ in range(data.count(b"\r\n\r\n")):
-            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-
-
 async def test_a_callback_that_starts_refusing_fails_only_its_own_runs(
     settings: Settings, server: LocalServer
 ):
     """A job's callback server dies between two runs: the runner's kept-alive connection to it
     is reset and its port refuses new ones. That job's run fails, truthfully, after every
     attempt its policy gives it; a run to a healthy server next to it succeeds."""
-    connections: list[asyncio.Transport] = []
-    dying = await asyncio.get_running_loop().create_server(lambda: _KeepAlive(connections), "127.0.0.1", 0)
-    url = f"http://127.0.0.1:{dying.sockets[0].getsockname()[1]}/hook"
+    receiver = Receiver()  # keep-alive, answers 200, can cut its connections
+    dying = await asyncio.get_running_loop().create_server(receiver.connection, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{dying.sockets[0].getsockname()[1]}/hit/0"
     bus = await Bus.open(settings, "test")
     try:
         async with running(settings):
             before = await dispatch(bus.js, settings, HttpExecutor(url=url))
             assert (await final_outcome(bus.js, settings, before.run_id)).status == "succeeded"
-            assert connections, "the runner kept no connection open"
+            assert receiver.hits[0] and receiver.connections, "the runner kept no connection open"
             dying.close()
-            for transport in connections:
-                transport.abort()
+            receiver.cut()
             dead = await dispatch(
                 bus.js, settings, HttpExecutor(url=url), retries=Retries(max_attempts=2, backoff=0.1)
             )
